@@ -1,0 +1,46 @@
+"""The `pthnet` command: a table of contents that hands each subcommand to its module.
+
+Every subcommand module defines `main(argv: list[str]) -> int`; modules are imported lazily so
+`pthnet convert` does not pay for importing the training stack.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pthnet_jax.demo", "synthesize data, import it, train, evaluate (the built-in default job)"),
+    "train": ("pthnet_jax.train", "train from an ml-collections config on all local devices"),
+    "evaluate": ("pthnet_jax.evaluate", "UAR/WAR/F1 of a checkpoint, forward/backward fusion, mu sweep"),
+    "convert": ("pthnet_jax.convert.cli", "PyTorch .pth <-> pthnet-jax checkpoint directory"),
+    "import-features": ("pthnet_jax.data.importer", "import VideoMAE V2 feature lists + .npy files into TFDS"),
+    "synth": ("pthnet_jax.data.synth", "write synthetic features in the original layout"),
+    "bench": ("pthnet_jax.bench", "side-by-side speed benchmark against a PyTorch baseline"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: pthnet <command> [options]", "", "commands:"]
+    width = max(len(name) for name in SUBCOMMANDS)
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        lines.append(f"  {name.ljust(width)}  {help_text}")
+    lines.append("")
+    lines.append("Run `pthnet <command> --help` for the options of one command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"pthnet: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
