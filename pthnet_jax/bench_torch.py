@@ -1,0 +1,152 @@
+"""The PyTorch baseline of the speed benchmark: the original's recipe and data path, from the spec.
+
+Per clip and epoch it reads the three `.npy` files of the clip (one per pyramid level) in a
+`torch.utils.data.Dataset`, samples windows as the original does, pads, adds training noise, and
+batches through a `DataLoader` with shuffling; the model is the PyTorch reference PTH-Net with the
+original's names (`pthnet_jax.convert.torch_reference`), trained with SGD + the hierarchy loss.
+PyTorch is imported here only; the benchmark skips this baseline when it is not installed.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LEVEL_FOLDERS = {"H": "th14_vit_g_16_4", "M": "th14_vit_g_16_8", "L": "th14_vit_g_16_16"}
+
+
+def read_list(path: Path) -> list[tuple[str, int, int]]:
+    """`<npy path> <num_windows> <label>` lines -> tuples."""
+    rows = []
+    for line_number, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 3:
+            raise ValueError(f"{path}:{line_number}: expected '<npy path> <num_windows> <label>', "
+                             f"got {line!r}")
+        rows.append((parts[0], int(parts[1]), int(parts[2])))
+    return rows
+
+
+def segment_picks(num_windows: int, num_steps: int, train: bool, rng: np.random.Generator) -> np.ndarray:
+    """Window indices for one level of one clip, the original's rule (spec §1)."""
+    if num_windows < num_steps:
+        return np.arange(num_windows)
+    seg = num_windows / num_steps
+    picks = []
+    for i in range(num_steps):
+        start, end = int(np.round(seg * i)), int(np.round(seg * (i + 1)))
+        picks.append(rng.integers(start, end) if train else start + int(seg / 2))
+    return np.asarray(picks)
+
+
+class NpyClipDataset:
+    """A map-style dataset over the original layout: one `.npy` per clip and level."""
+
+    def __init__(self, root: Path, list_dir: Path, list_name: str, train: bool, max_len: int = 16,
+                 noise_std: float = 0.0005, seed: int = 0):
+        self.root, self.train, self.noise_std, self.seed = Path(root), train, noise_std, seed
+        self.lengths = {"H": max_len, "M": max_len // 2, "L": max_len // 4}
+        self.rows = {lvl: read_list(Path(list_dir) / folder / list_name)
+                     for lvl, folder in LEVEL_FOLDERS.items()}
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.rows["H"])
+
+    def __getitem__(self, index: int):
+        import torch
+
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        out = []
+        for level in ("L", "M", "H"):
+            path, count, _ = self.rows[level][index]
+            windows = np.load(self.root / path).astype(np.float32)
+            picked = windows[segment_picks(count, self.lengths[level], self.train, rng)]
+            padded = np.zeros((self.lengths[level], windows.shape[1]), np.float32)
+            padded[:len(picked)] = picked
+            if self.train and self.noise_std > 0:
+                padded += rng.normal(0.0, self.noise_std, padded.shape).astype(np.float32)
+            mask = np.arange(self.lengths[level]) < len(picked)
+            # The original's layout: (C, T) features and (1, T) masks.
+            out.append((torch.from_numpy(padded.T.copy()), torch.from_numpy(mask[None])))
+        return out[0], out[1], out[2], self.rows["H"][index][2]
+
+
+def hierarchy_loss(torch_module, logits_l, logits_m, logits_h, labels):
+    """CE(H) + KL(L || H) + KL(M || H), H's softmax detached (spec §3)."""
+    functional = torch_module.nn.functional
+    target = functional.softmax(logits_h.detach(), dim=1)
+    kl = lambda logits: functional.kl_div(functional.log_softmax(logits, dim=1), target,  # noqa: E731
+                                          reduction="batchmean")
+    return functional.cross_entropy(logits_h, labels) + kl(logits_l) + kl(logits_m)
+
+
+def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, epochs: int = 1,
+                 batch_size: int = 32, eval_batch_size: int = 32, num_workers: int | None = None,
+                 max_train_steps: int | None = None, max_eval_batches: int | None = None,
+                 device: str = "cpu", train_list: str = "train_All.txt",
+                 test_list: str = "test_All.txt") -> dict[str, float]:
+    """Train and evaluate the PyTorch baseline; returns throughput and timing figures."""
+    import torch
+
+    from pthnet_jax.convert.torch_reference import TorchPTHNet
+
+    start = time.perf_counter()
+    if num_workers is None:  # the original's default is 8 loader workers
+        num_workers = min(8, os.cpu_count() or 1)
+    torch.manual_seed(0)
+    model = TorchPTHNet(**model_kwargs).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=1e-4)
+    train_set = NpyClipDataset(root, list_dir, train_list, train=True)
+    test_set = NpyClipDataset(root, list_dir, test_list, train=False)
+    loader_args = dict(num_workers=num_workers, pin_memory=device != "cpu",
+                       persistent_workers=num_workers > 0)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                                               **loader_args)
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=eval_batch_size, shuffle=False,
+                                              **loader_args)
+    startup_s = time.perf_counter() - start
+
+    def to_device(pair):
+        return pair[0].to(device, non_blocking=True), pair[1].to(device, non_blocking=True)
+
+    train_clips, train_seconds = 0, 0.0
+    for epoch in range(epochs):
+        train_set.epoch = epoch
+        model.train()
+        epoch_start = time.perf_counter()
+        for step, (level_l, level_m, level_h, labels) in enumerate(train_loader):
+            if max_train_steps is not None and step >= max_train_steps:
+                break
+            (x_l, m_l), (x_m, m_m), (x_h, m_h) = map(to_device, (level_l, level_m, level_h))
+            labels = labels.to(device)
+            logits_l, logits_m, logits_h = model(x_l, x_m, x_h, m_l, m_m, m_h, True)
+            loss = hierarchy_loss(torch, logits_l, logits_m, logits_h, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            train_clips += labels.shape[0]
+        if device != "cpu":
+            torch.cuda.synchronize()
+        train_seconds += time.perf_counter() - epoch_start
+
+    model.eval()
+    eval_start, eval_clips, correct = time.perf_counter(), 0, 0
+    with torch.no_grad():
+        for batch_index, (_, _, (x_h, m_h), labels) in enumerate(test_loader):
+            if max_eval_batches is not None and batch_index >= max_eval_batches:
+                break
+            logits = model(None, None, x_h.to(device), None, None, m_h.to(device), False)
+            correct += int((logits.argmax(1).cpu() == labels).sum())
+            eval_clips += labels.shape[0]
+    eval_seconds = time.perf_counter() - eval_start
+    result = {"startup_s": startup_s, "train_clips": train_clips, "train_s": train_seconds,
+              "train_clips_per_s": train_clips / train_seconds, "eval_clips": eval_clips,
+              "eval_s": eval_seconds, "eval_clips_per_s": eval_clips / eval_seconds,
+              "eval_accuracy": correct / max(eval_clips, 1)}
+    if device != "cpu":
+        result["peak_device_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
