@@ -1,0 +1,234 @@
+"""The converter on real files written by torch.save: formats, safety, errors, export, round trip."""
+import collections
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pthnet_jax import load_model  # noqa: E402
+from pthnet_jax.convert import checkpoint_to_pth, import_pth, pth_to_checkpoint  # noqa: E402
+from pthnet_jax.convert.cli import main as convert_main  # noqa: E402
+from pthnet_jax.convert.mapping import MappingError  # noqa: E402
+from pthnet_jax.convert.torch_pickle import CheckpointReadError, UnsafeCheckpointError, read_torch_file  # noqa: E402
+from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
+from pthnet_jax.model import ModelConfig  # noqa: E402
+
+TINY = ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=6, k=(1, 3, 5), thr_size=(3, 1, 3, 3))
+
+
+class RecorderMeter:
+    """Stands in for the class the original training script defines in its __main__."""
+
+    def __init__(self, total_epoch):
+        self.total_epoch = total_epoch
+        self.current_epoch = 2
+        self.epoch_losses = np.arange(total_epoch * 2, dtype=np.float32).reshape(total_epoch, 2)
+        self.epoch_accuracy = np.ones((total_epoch, 2), np.float32) * 40.5
+
+
+@pytest.fixture
+def reference_model():
+    torch.manual_seed(0)
+    model = TorchPTHNet(**TINY.to_dict())
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.add_(torch.randn_like(tensor) * 0.1)
+    return model
+
+
+def _save_like_original(model, path, monkeypatch, cuda_tag=True):
+    """What the original script writes: DataParallel keys, SGD state, a __main__ recorder, cuda:0 storages."""
+    import __main__
+
+    monkeypatch.setattr(RecorderMeter, "__module__", "__main__")
+    monkeypatch.setattr(__main__, "RecorderMeter", RecorderMeter, raising=False)
+    wrapped = torch.nn.DataParallel(model)
+    optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.005, momentum=0.9, weight_decay=1e-4)
+    for param in wrapped.parameters():
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    payload = {"epoch": 12, "state_dict": wrapped.state_dict(), "best_acc": torch.tensor(47.25),
+               "optimizer": optimizer.state_dict(), "recorder": RecorderMeter(20)}
+    if cuda_tag:  # storages tagged as saved from the GPU, as in the released checkpoints
+        monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    torch.save(payload, path)
+    monkeypatch.undo()
+    return payload
+
+
+def test_reads_original_training_checkpoint(tmp_path, reference_model, monkeypatch):
+    path = tmp_path / "model_best.pth"
+    payload = _save_like_original(reference_model, path, monkeypatch)
+    with zipfile.ZipFile(path) as archive:  # the storages really are tagged cuda:0
+        assert b"cuda:0" in archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)  # what the original's files do to a safe torch.load
+    loaded = read_torch_file(path)
+    assert loaded["epoch"] == 12 and float(loaded["best_acc"]) == 47.25
+    assert loaded["recorder"].class_path == "__main__.RecorderMeter"
+    np.testing.assert_array_equal(loaded["recorder"].state["epoch_losses"], RecorderMeter(20).epoch_losses)
+    momentum = loaded["optimizer"]["state"][0]["momentum_buffer"]
+    np.testing.assert_array_equal(momentum, payload["optimizer"]["state"][0]["momentum_buffer"].numpy())
+    for key, tensor in payload["state_dict"].items():
+        np.testing.assert_array_equal(loaded["state_dict"][key], tensor.numpy())
+
+    imported = import_pth(path)
+    assert imported.config == TINY
+    assert imported.provenance["epoch"] == 12 and imported.provenance["best_acc"] == 47.25
+    assert imported.provenance["module_prefix"] is True
+    assert imported.provenance["metadata"]["recorder"]["state"]["total_epoch"] == 20
+    assert len(imported.provenance["sha256"]) == 64
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_plain_state_dict_with_and_without_prefix(tmp_path, reference_model, prefix):
+    path = tmp_path / "weights.pth"
+    torch.save(collections.OrderedDict((prefix + k, v) for k, v in reference_model.state_dict().items()), path)
+    imported = import_pth(path)
+    assert imported.provenance["module_prefix"] is bool(prefix)
+    np.testing.assert_array_equal(imported.variables["params"]["head"]["kernel"],
+                                  reference_model.head.weight.detach().numpy().T)
+
+
+def test_strided_tensor_views(tmp_path):
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    torch.save({"t": base.t(), "slice": base[1:, ::2]}, tmp_path / "views.pth")
+    loaded = read_torch_file(tmp_path / "views.pth")
+    np.testing.assert_array_equal(loaded["t"], base.t().numpy())
+    np.testing.assert_array_equal(loaded["slice"], base[1:, ::2].numpy())
+
+
+class _Evil:
+    def __init__(self, call, argument):
+        self.call, self.argument = call, argument
+
+    def __reduce__(self):
+        return self.call, (self.argument,)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval", "subprocess"])
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, kind):
+    marker = tmp_path / "pwned"
+    command = f"touch {marker}"
+    payload = {"os.system": _Evil(os.system, command),
+               "builtins.eval": _Evil(eval, f"open({str(marker)!r}, 'w')"),
+               "subprocess": _Evil(subprocess.call, ["touch", str(marker)])}[kind]
+    path = tmp_path / "evil.pth"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps({"state_dict": payload}, protocol=2))
+        archive.writestr("evil/version", "3\n")
+    with pytest.raises(UnsafeCheckpointError, match="not on the allowlist") as info:
+        import_pth(path)
+    assert str(path) in str(info.value)
+    assert not marker.exists()
+
+
+def test_truncated_and_corrupt_files(tmp_path, reference_model):
+    good = tmp_path / "good.pth"
+    torch.save(reference_model.state_dict(), good)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointReadError, match="truncated.pth"):
+        import_pth(truncated)
+    corrupt = tmp_path / "corrupt.pth"
+    with zipfile.ZipFile(good) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+    raw = bytearray(data)
+    name_len, extra_len = (int.from_bytes(data[info.header_offset + o:info.header_offset + o + 2], "little")
+                           for o in (26, 28))  # from the local header: torch pads it for alignment
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start:start + 16] = bytes(16)  # zeroes inside the first storage: the CRC check fails
+    corrupt.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointReadError, match="corrupt.pth"):
+        import_pth(corrupt)
+    not_torch = tmp_path / "text.pth"
+    not_torch.write_text("hello")
+    with pytest.raises(CheckpointReadError, match="not a zip archive"):
+        import_pth(not_torch)
+
+
+def test_wrong_shape_missing_and_unexpected_keys(tmp_path, reference_model):
+    state = collections.OrderedDict(reference_model.state_dict())
+    wrong = collections.OrderedDict(state)
+    wrong["stem.1.psi.weight"] = torch.zeros(32, 1, 5)
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(MappingError, match=r"stem\.1\.psi\.weight: shape \(32, 1, 5\)"):
+        import_pth(tmp_path / "wrong.pth")
+    missing = collections.OrderedDict(state)
+    del missing["branch_1.0.cross_att.key.bias"]
+    missing["stem.0.extra.weight"] = torch.zeros(3)
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(MappingError) as info:
+        import_pth(tmp_path / "missing.pth")
+    assert "branch_1.0.cross_att.key.bias" in str(info.value) and "stem.0.extra.weight" in str(info.value)
+    assert "missing.pth" in str(info.value)
+
+
+def test_export_loads_safely_and_strictly_and_round_trips(tmp_path, reference_model, monkeypatch):
+    source = tmp_path / "original.pth"
+    payload = _save_like_original(reference_model, source, monkeypatch)
+    pth_to_checkpoint(source, tmp_path / "ckpt")
+    checkpoint_to_pth(tmp_path / "ckpt", tmp_path / "exported.pth")
+    exported = torch.load(tmp_path / "exported.pth", weights_only=True)
+    assert exported["epoch"] == 12
+    original_state = payload["state_dict"]
+    assert list(exported["state_dict"]) == list(original_state)
+    for key, tensor in original_state.items():  # bit-identical, pos_embed tensors included
+        assert torch.equal(exported["state_dict"][key], tensor), key
+        assert exported["state_dict"][key].dtype == tensor.dtype
+    fresh = torch.nn.DataParallel(TorchPTHNet(**TINY.to_dict()))
+    fresh.load_state_dict(exported["state_dict"], strict=True)
+
+
+def test_cli_and_load_model(tmp_path, reference_model, capsys):
+    source = tmp_path / "w.pth"
+    torch.save(reference_model.state_dict(), source)
+    assert convert_main([str(source), str(tmp_path / "ckpt")]) == 0
+    assert "parameters" in capsys.readouterr().out
+    assert convert_main([str(source), str(tmp_path / "ckpt")]) == 2  # exists, no --force
+    assert "exists" in capsys.readouterr().err
+    assert convert_main([str(tmp_path / "ckpt"), str(tmp_path / "back.pth")]) == 0
+    assert convert_main([str(tmp_path / "nope.pth"), str(tmp_path / "x")]) == 2
+
+    rng = np.random.default_rng(0)
+    features = {"H": rng.normal(size=(3, 16, 24)).astype(np.float32)}
+    masks = {"H": np.arange(16)[None] < np.array([[1], [9], [16]])}
+    model_a, vars_a = load_model(source)
+    model_b, vars_b = load_model(tmp_path / "ckpt")
+    logits_a = model_a.apply(vars_a, features, masks, train=False)["H"]
+    logits_b = model_b.apply(vars_b, features, masks, train=False)["H"]
+    np.testing.assert_array_equal(np.asarray(logits_a), np.asarray(logits_b))
+    reference_model.eval()
+    with torch.no_grad():
+        expected = reference_model.forward_levels({"H": torch.from_numpy(features["H"])},
+                                                  {"H": torch.from_numpy(masks["H"])})["H"].numpy()
+    np.testing.assert_allclose(np.asarray(logits_a), expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_import_works_without_torch(tmp_path, reference_model, monkeypatch):
+    path = tmp_path / "orig.pth"
+    _save_like_original(reference_model, path, monkeypatch)
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+        "from pthnet_jax.convert import import_pth\n"
+        f"imported = import_pth({str(path)!r})\n"
+        "print(imported.config.num_classes, imported.provenance['epoch'])\n"
+        "from pthnet_jax.convert import checkpoint_to_pth, pth_to_checkpoint\n"
+        f"pth_to_checkpoint({str(path)!r}, {str(tmp_path / 'ck')!r})\n"
+        "try:\n"
+        f"    checkpoint_to_pth({str(tmp_path / 'ck')!r}, {str(tmp_path / 'x.pth')!r})\n"
+        "except ImportError as err:\n"
+        "    print('export:', err)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "6 12"
+    assert 'pip install "pthnet-jax[torch]"' in lines[1]
