@@ -1,0 +1,103 @@
+"""The TFDS builder: one record per clip with the full window sequences of the three levels."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from pthnet_jax.data.lists import LEVELS, Clip
+
+DATASET_NAME = "pthnet_features"
+
+
+@dataclasses.dataclass(eq=False)
+class PthnetFeaturesConfig(tfds.core.BuilderConfig):
+    """One benchmark/fold/variant; `splits` maps split name -> (aligned clips, list files)."""
+
+    benchmark: str = ""
+    fold: int | None = None
+    label_set: str | None = None
+    face: bool = False
+    reverse: bool = False
+    class_names: tuple[str, ...] = ()
+    feature_dim: int = 1408
+    splits: dict = dataclasses.field(default_factory=dict)
+    # (split, clips) -> iterator of (clip, {level: windows} or None when skipped), in list order.
+    load_clips: Callable[[str, list[Clip]], Iterator[tuple[Clip, dict[str, np.ndarray] | None]]] | None = None
+    extra_metadata: dict = dataclasses.field(default_factory=dict)
+
+
+class PthnetFeatures(tfds.core.GeneratorBasedBuilder):
+    """VideoMAE V2 ViT-g features of a PTH-Net benchmark (three temporal pyramid levels)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: full window sequences per level, label, clip id."}
+    BUILDER_CONFIGS = [PthnetFeaturesConfig(name="default")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    The features are not downloaded by TFDS. Get them in the original PTH-Net layout: a ROOT folder
+    holding `get_features/<BENCHMARK>/th14_vit_g_16_{4,8,16}[_face][_rv]/.../<clip>.npy` (one
+    (num_windows, 1408) float32 array per clip and level) and the data lists
+    `annotation/<BENCHMARK>/th14_vit_g_16_{4,8,16}[_face][_rv]/<list>.txt`.
+    - FERv39k: download the authors' released VideoMAE V2 features and unpack the archive into ROOT.
+    - Other benchmarks: extract the features yourself with VideoMAE V2 ViT-g
+      (vit_g_hybrid_pt_1200e_k710_ft), 16-frame windows whose starts are 4, 8 and 16 frames apart,
+      frames resized to 224x224, pixels in [0, 1]; the feature is fc_norm of the mean token.
+    - Without any download, `pthnet synth --out ROOT --like FERv39k` writes synthetic features in this
+      layout.
+    Then run `pthnet import-features --dataset NAME --root ROOT --out DATA_DIR`.
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        level_features = {f"features_{lvl}": tfds.features.Tensor(shape=(None, cfg.feature_dim), dtype=np.float32)
+                          for lvl in LEVELS}
+        counts = {f"num_windows_{lvl}": np.int32 for lvl in LEVELS}
+        metadata = tfds.core.MetadataDict(
+            benchmark=cfg.benchmark, fold=cfg.fold, label_set=cfg.label_set, face=cfg.face,
+            reverse=cfg.reverse, class_names=list(cfg.class_names), feature_dim=cfg.feature_dim,
+            **cfg.extra_metadata)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="PTH-Net temporal feature pyramid (VideoMAE V2 ViT-g features) of "
+                        f"{cfg.benchmark or 'a benchmark'}.",
+            features=tfds.features.FeaturesDict({
+                "clip_id": tfds.features.Text(), "list_index": np.int64,
+                "label": tfds.features.ClassLabel(names=list(cfg.class_names) or ["class_0"]),
+                **counts, **level_features}),
+            supervised_keys=None,
+            # Records in list order: record i of a split is line i of its lists.
+            disable_shuffling=True,
+            metadata=metadata,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
+        return {split: self._generate_examples(split, clips) for split, (clips, _) in
+                self.builder_config.splits.items()}
+
+    def _generate_examples(self, split: str, clips: list[Clip]) -> Iterator[tuple[int, dict[str, Any]]]:
+        for clip, windows in self.builder_config.load_clips(split, clips):
+            if windows is None:  # skipped (--skip-bad); reported by the importer
+                continue
+            record = {"clip_id": clip.clip_id, "list_index": clip.list_index, "label": clip.label}
+            for level in LEVELS:
+                record[f"num_windows_{level}"] = clip.num_windows[level]
+                record[f"features_{level}"] = windows[level]
+            yield clip.list_index, record
+
+
+def find_dataset_dir(path: str | Path) -> Path:
+    """The version directory (`.../pthnet_features/<config>/1.0.0`) at or below `path`."""
+    path = Path(path)
+    if (path / "dataset_info.json").is_file():
+        return path
+    found = sorted(p.parent for p in path.glob("**/dataset_info.json")) if path.is_dir() else []
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: data directory does not exist (create it with "
+                                "`pthnet import-features`)")
+    if len(found) != 1:
+        raise FileNotFoundError(f"{path}: expected exactly one imported dataset below it, found "
+                                f"{[str(p) for p in found] or 'none'}; pass the dataset's directory")
+    return found[0]

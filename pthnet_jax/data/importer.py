@@ -1,0 +1,153 @@
+"""`pthnet import-features`: the original layout (lists + .npy) -> a TFDS array_record dataset.
+
+Everything is validated while it is written into a temporary directory beside OUT, which is renamed
+to OUT only at the end: a failed import leaves no dataset behind.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pthnet_jax.data.benchmarks import class_names, get_benchmark, level_folder, variant_name
+from pthnet_jax.data.lists import LEVELS, Clip, DataListError, align_lists, load_features
+
+SPLITS = ("train", "test")
+
+
+def default_lists_dir(root: Path, dataset: str, label_set: str | None) -> Path:
+    bench = get_benchmark(dataset)
+    lists = Path(root) / "annotation" / bench.name
+    return lists / label_set if bench.label_sets else lists
+
+
+def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLike, *,
+                    lists: str | os.PathLike | None = None, fold: int | None = None,
+                    reverse: bool = False, face: bool = False, label_set: str | None = None,
+                    skip_bad: bool = False, feature_dim: int = 1408, num_threads: int = 8,
+                    quiet: bool = False) -> Path:
+    """Import the train and test splits of one benchmark/fold/variant; returns the dataset directory."""
+    import tensorflow_datasets as tfds
+
+    from pthnet_jax.data.builder import PthnetFeatures, PthnetFeaturesConfig, find_dataset_dir
+
+    bench = get_benchmark(dataset)
+    if bench.label_sets and label_set is None:
+        label_set = "single"
+    names = class_names(bench, label_set)
+    if bench.list_style == "fold" and fold is None:
+        raise ValueError(f"{bench.name} has folds: pass --fold (1..{bench.num_folds})")
+    root, out = Path(root).absolute(), Path(out).absolute()
+    lists_dir = Path(lists).absolute() if lists else default_lists_dir(root, bench.name, label_set)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new --out (imports never overwrite)")
+
+    skipped: list[str] = []
+    written: dict[str, list[Clip]] = {split: [] for split in SPLITS}
+    splits, list_files_by_split = {}, {}
+    for split in SPLITS:
+        list_name = bench.list_file(split, fold)
+        list_files = {lvl: lists_dir / level_folder(lvl, face, reverse) / list_name for lvl in LEVELS}
+        for lvl, path in list_files.items():
+            if not path.is_file():
+                raise DataListError(f"{path}: data list not found (level {lvl}, split {split}); expected "
+                                    f"the original layout under {lists_dir}")
+        clips = align_lists(list_files, len(names), on_error=(lambda e: skipped.append(str(e))) if skip_bad else None)
+        splits[split] = (clips, list_files)
+        list_files_by_split[split] = {lvl: str(p) for lvl, p in list_files.items()}
+
+    def load_clips(split: str, clips: list[Clip]) -> Iterator[tuple[Clip, dict[str, np.ndarray] | None]]:
+        list_files = splits[split][1]
+
+        def load(clip: Clip):
+            try:
+                windows = {lvl: load_features(root, clip, lvl, list_files[lvl], feature_dim) for lvl in LEVELS}
+                return windows
+            except DataListError as err:
+                if not skip_bad:
+                    raise
+                skipped.append(str(err))
+                return None
+
+        with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
+            for start in range(0, len(clips), 512):  # bounded read-ahead, order kept
+                chunk = clips[start:start + 512]
+                for clip, windows in zip(chunk, pool.map(load, chunk)):
+                    if windows is not None:
+                        written[split].append(clip)
+                    yield clip, windows
+
+    config = PthnetFeaturesConfig(
+        name=variant_name(bench, fold, face, reverse, label_set), benchmark=bench.name, fold=fold,
+        label_set=label_set, face=face, reverse=reverse, class_names=tuple(names), feature_dim=feature_dim,
+        splits=splits, load_clips=load_clips,
+        extra_metadata={"source_root": str(root), "list_files": list_files_by_split})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
+    started = time.perf_counter()
+    tfds.disable_progress_bar()
+    try:
+        builder = PthnetFeatures(data_dir=str(staging), config=config, file_format="array_record")
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=str(root), verify_ssl=False))
+        _write_indices(find_dataset_dir(staging), written)
+        if skipped:
+            (staging / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1))
+        shutil.rmtree(staging / "downloads", ignore_errors=True)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    dataset_dir = find_dataset_dir(out)
+    if not quiet:
+        counts = {split: len(clips) for split, (clips, _) in splits.items()}
+        print(f"imported {bench.name} ({config.name}) from {root}: {counts} clips listed, "
+              f"{len(skipped)} skipped, in {time.perf_counter() - started:.1f}s -> {dataset_dir}")
+        if skipped:
+            print(f"skipped clips are listed in {out / 'skipped.json'}")
+    return dataset_dir
+
+
+def _write_indices(dataset_dir: Path, written: dict[str, list[Clip]]) -> None:
+    """Per split: clip ids, labels and window counts of the written records, for `open_split`."""
+    for split, clips in written.items():
+        np.savez(dataset_dir / f"pthnet_index-{split}.npz",
+                 clip_ids=np.array([c.clip_id for c in clips]),
+                 labels=np.array([c.label for c in clips], np.int32),
+                 **{f"num_windows_{lvl}": np.array([c.num_windows[lvl] for c in clips], np.int32)
+                    for lvl in LEVELS})
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pthnet import-features", description=__doc__)
+    parser.add_argument("--dataset", required=True, help="FERv39k, DFEW, MAFW, CREMA-D, eNTERFACE05, "
+                        "RAVDESS, MELD or CASME2")
+    parser.add_argument("--root", required=True, type=Path, help="folder the list paths are relative to "
+                        "(the one holding get_features/)")
+    parser.add_argument("--out", required=True, type=Path, help="data directory to create")
+    parser.add_argument("--lists", type=Path, help="folder of the level list folders "
+                        "(default ROOT/annotation/NAME[/LABEL_SET])")
+    parser.add_argument("--fold", type=int, help="fold / set number for benchmarks with folds")
+    parser.add_argument("--reverse", action="store_true", help="the time-reversed (_rv) features")
+    parser.add_argument("--face", action="store_true", help="the face-crop (_face) features")
+    parser.add_argument("--label-set", choices=("single", "compound"), help="MAFW label set")
+    parser.add_argument("--skip-bad", action="store_true", help="skip invalid clips, write skipped.json")
+    parser.add_argument("--feature-dim", type=int, default=1408, help="feature size (default 1408)")
+    args = parser.parse_args(argv)
+    try:
+        import_features(args.dataset, args.root, args.out, lists=args.lists, fold=args.fold,
+                        reverse=args.reverse, face=args.face, label_set=args.label_set,
+                        skip_bad=args.skip_bad, feature_dim=args.feature_dim)
+    except (DataListError, ValueError, FileExistsError, FileNotFoundError) as err:
+        print(f"pthnet import-features: {err}", file=sys.stderr)
+        return 2
+    return 0

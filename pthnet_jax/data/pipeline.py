@@ -1,0 +1,90 @@
+"""Host-side batch iterators: resident (everything in memory) or streaming (grain over the records).
+
+Both call the same `sample_batch`, keyed by clip index, so they give identical batches.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from pthnet_jax.data.sampling import LEVELS, ResidentFeatures, batch_plan, epoch_order, sample_batch
+
+# Resident when the features take less than this share of the machine's memory.
+RESIDENT_MEMORY_FRACTION = 0.25
+
+
+def _total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def choose_mode(split, mode: str = "auto") -> str:
+    if mode not in ("auto", "resident", "streaming"):
+        raise ValueError(f"data mode must be 'auto', 'resident' or 'streaming', got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "resident" if split.feature_bytes() < RESIDENT_MEMORY_FRACTION * _total_memory() else "streaming"
+
+
+@functools.partial(jax.jit, static_argnames=("train", "max_len", "levels"))
+def _sample_jit(resident, indices, valid, clip_ids, seed, epoch, noise_std, *, train, max_len, levels):
+    return sample_batch(resident, indices, valid, seed=seed, epoch=epoch, train=train, max_len=max_len,
+                        noise_std=noise_std, levels=levels, clip_ids=clip_ids)
+
+
+def _to_device_layout(batch: dict[str, Any], num_devices: int | None) -> dict[str, Any]:
+    batch = jax.tree.map(np.asarray, batch)
+    if num_devices is None:
+        return batch
+    local = batch["labels"].shape[0]
+    if local % num_devices:
+        raise ValueError(f"local batch {local} is not divisible by {num_devices} devices")
+    return jax.tree.map(lambda x: x.reshape(num_devices, local // num_devices, *x.shape[1:]), batch)
+
+
+def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epoch: int = 0,
+                    mode: str = "auto", max_len: int = 16, noise_std: float = 0.0005,
+                    process_index: int | None = None, process_count: int | None = None,
+                    num_devices: int | None = None, levels: Sequence[str] | None = None,
+                    resident: ResidentFeatures | None = None, num_threads: int = 4,
+                    shuffle: bool | None = None) -> Iterator[dict[str, Any]]:
+    """Batches of one epoch as numpy dicts (see `sample_batch`); evaluation keeps list order.
+
+    Every clip appears exactly once per epoch over all hosts; the last global batch is padded with
+    `valid=False` rows. With `num_devices`, arrays get a leading (num_devices, per_device) layout.
+    """
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    levels = tuple(levels or (LEVELS if train else ("H",)))
+    shuffle = train if shuffle is None else shuffle
+    order = epoch_order(split.num_clips, seed=seed, epoch=epoch, shuffle=shuffle)
+    indices, valid = batch_plan(order, global_batch=global_batch, process_index=process_index,
+                                process_count=process_count)
+    noise = noise_std if train else 0.0
+    sample = functools.partial(_sample_jit, seed=np.int32(seed), epoch=np.int32(epoch),
+                               noise_std=np.float32(noise), train=train, max_len=max_len, levels=levels)
+    if choose_mode(split, mode) == "resident":
+        resident = resident or ResidentFeatures.from_split(split, levels)
+        for step_indices, step_valid in zip(indices, valid):
+            yield _to_device_layout(sample(resident, step_indices, step_valid, step_indices), num_devices)
+        return
+
+    import grain
+
+    def load(step: int) -> dict[str, Any]:
+        step_indices, step_valid = indices[step], valid[step]
+        unique, inverse = np.unique(step_indices, return_inverse=True)
+        records = split.read(unique)
+        chunk = ResidentFeatures.from_records(records, split.labels[unique], levels)
+        return jax.tree.map(np.asarray, sample(chunk, inverse.astype(np.int32), step_valid, step_indices))
+
+    dataset = grain.MapDataset.range(len(indices)).map(load).to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
+    for batch in dataset:
+        yield _to_device_layout(batch, num_devices)

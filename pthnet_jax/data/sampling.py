@@ -1,0 +1,158 @@
+"""The original's window sampling (spec §1), vectorised in jax.numpy so it runs jitted on a device.
+
+Random choices for a clip come only from (seed, epoch, clip index, level), never from the clip's
+position in a batch, so every input pipeline (resident or streaming, any batch size or host count)
+gives a clip the same sample.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LEVELS = ("L", "M", "H")
+_LEVEL_IDS = {"L": 0, "M": 1, "H": 2}
+
+
+def level_lengths(max_len: int = 16) -> dict[str, int]:
+    return {"L": max_len // 4, "M": max_len // 2, "H": max_len}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class ResidentFeatures:
+    """All windows of a split in memory: per level a flat (total_windows, D) array + offsets/counts."""
+
+    windows: dict[str, Any]  # level -> (W_level, D) float32 (or bfloat16 to halve memory)
+    offsets: dict[str, Any]  # level -> (N,) int32 start row of each clip
+    counts: dict[str, Any]  # level -> (N,) int32 windows per clip
+    labels: Any  # (N,) int32
+
+    @classmethod
+    def from_split(cls, split, levels: Sequence[str] = LEVELS, dtype=np.float32,
+                   chunk: int = 1024) -> "ResidentFeatures":
+        """Read every record of an opened split once (list order)."""
+        counts = {lvl: np.asarray(split.num_windows[lvl], np.int32) for lvl in levels}
+        offsets = {lvl: np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int32) for lvl, c in counts.items()}
+        windows = {lvl: np.empty((int(c.sum()), split.feature_dim), dtype) for lvl, c in counts.items()}
+        for start in range(0, split.num_clips, chunk):
+            for i, record in enumerate(split.read(range(start, min(start + chunk, split.num_clips))), start):
+                for lvl in levels:
+                    rows = record[f"features_{lvl}"]
+                    windows[lvl][offsets[lvl][i]:offsets[lvl][i] + counts[lvl][i]] = rows
+        return cls(windows, offsets, counts, np.asarray(split.labels, np.int32))
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]], labels, levels: Sequence[str] = LEVELS
+                     ) -> "ResidentFeatures":
+        """A small resident set from decoded records (the streaming path builds one per batch)."""
+        counts = {lvl: np.array([r[f"num_windows_{lvl}"] for r in records], np.int32) for lvl in levels}
+        offsets = {lvl: np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int32) for lvl, c in counts.items()}
+        windows = {lvl: np.concatenate([r[f"features_{lvl}"] for r in records]).astype(np.float32)
+                   for lvl in levels}
+        return cls(windows, offsets, counts, np.asarray(labels, np.int32))
+
+    @property
+    def num_clips(self) -> int:
+        return int(self.labels.shape[0])
+
+    def nbytes(self) -> int:
+        return int(sum(np.asarray(w).nbytes for w in self.windows.values()))
+
+
+def segment_bounds(num_windows: jax.Array, num_steps: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """round_half_even(n * i / num) and round_half_even(n * (i + 1) / num), exactly, in integers.
+
+    The original computes `np.round(n / num * i)` in float64; with num a power of two (4, 8, 16) that
+    is exact, and so is this integer form for any num.
+    """
+    def round_half_even(numerator):
+        quotient, remainder = numerator // num_steps, numerator % num_steps
+        twice = 2 * remainder
+        up = (twice > num_steps) | ((twice == num_steps) & (quotient % 2 == 1))
+        return quotient + up.astype(quotient.dtype)
+
+    return round_half_even(num_windows * step), round_half_even(num_windows * (step + 1))
+
+
+def pick_windows(key: jax.Array, num_windows: jax.Array, num_steps: int, train: bool) -> jax.Array:
+    """Window index per step for one clip (valid only where step < min(n, num_steps))."""
+    steps = jnp.arange(num_steps, dtype=jnp.int32)
+    start, end = segment_bounds(num_windows, num_steps, steps)
+    if train:
+        uniform = jax.random.uniform(key, (num_steps,))
+        picked = start + jnp.floor(uniform * (end - start)).astype(jnp.int32)
+        picked = jnp.minimum(picked, end - 1)
+    else:
+        picked = start + num_windows // (2 * num_steps)  # int(seg / 2) with seg = n / num
+    # Short clips take all their windows in order.
+    return jnp.where(num_windows < num_steps, steps, picked)
+
+
+def clip_key(seed, epoch, clip_index, level: str) -> jax.Array:
+    key = jax.random.fold_in(jax.random.key(0), seed)
+    key = jax.random.fold_in(key, epoch)
+    key = jax.random.fold_in(key, clip_index)
+    return jax.random.fold_in(key, _LEVEL_IDS[level])
+
+
+def sample_batch(resident: ResidentFeatures, indices, valid, *, seed, epoch, train: bool,
+                 max_len: int = 16, noise_std: float = 0.0005, levels: Sequence[str] = LEVELS,
+                 clip_ids=None) -> dict[str, Any]:
+    """A batch for clip `indices` (rows of `resident`): features, masks, labels, valid, index.
+
+    Pure and jittable. `clip_ids` (defaults to `indices`) are the clips' indices in the split, used
+    for the random keys; the streaming path passes them while `indices` point into a per-batch set.
+    """
+    indices = jnp.asarray(indices, jnp.int32)
+    clip_ids = indices if clip_ids is None else jnp.asarray(clip_ids, jnp.int32)
+    valid = jnp.asarray(valid, bool)
+    lengths = level_lengths(max_len)
+    features, masks = {}, {}
+    for level in levels:
+        num_steps = lengths[level]
+        counts = resident.counts[level][indices]
+        offsets = resident.offsets[level][indices]
+        keys = jax.vmap(lambda c: clip_key(seed, epoch, c, level))(clip_ids)
+        pick_keys, noise_keys = jax.vmap(lambda k: jax.random.split(k))(keys).transpose(1, 0)
+        picks = jax.vmap(lambda k, n: pick_windows(k, n, num_steps, train))(pick_keys, counts)
+        mask = (jnp.arange(num_steps)[None] < jnp.minimum(counts, num_steps)[:, None]) & valid[:, None]
+        rows = jnp.where(mask, offsets[:, None] + picks, 0)
+        gathered = jnp.asarray(resident.windows[level])[rows].astype(jnp.float32)
+        gathered = jnp.where(mask[..., None], gathered, 0.0)
+        if train:  # noise on the whole padded array, padding included (as-is)
+            dim = gathered.shape[-1]
+            noise = jax.vmap(lambda k: jax.random.normal(k, (num_steps, dim)))(noise_keys)
+            gathered = gathered + noise_std * noise
+        features[level], masks[level] = gathered, mask
+    labels = jnp.where(valid, jnp.asarray(resident.labels)[indices], 0)
+    return {"features": features, "masks": masks, "labels": labels, "valid": valid, "index": clip_ids}
+
+
+def epoch_order(num_clips: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Clip order of one epoch: a permutation derived from (seed, epoch), or list order."""
+    if not shuffle:
+        return np.arange(num_clips, dtype=np.int64)
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_clips)
+
+
+def batch_plan(order: np.ndarray, *, global_batch: int, process_index: int = 0,
+               process_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(num_steps, local_batch) clip indices and validity for this host.
+
+    The last partial global batch is kept and padded (valid False, index 0), as the original keeps
+    the last partial batch; each host takes a contiguous slice of every global batch.
+    """
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by the {process_count} processes")
+    num_steps = -(-len(order) // global_batch)
+    padded = np.zeros(num_steps * global_batch, np.int64)
+    padded[:len(order)] = order
+    valid = np.arange(num_steps * global_batch) < len(order)
+    local = global_batch // process_count
+    shape = (num_steps, process_count, local)
+    indices = padded.reshape(shape)[:, process_index].astype(np.int32)
+    return indices, valid.reshape(shape)[:, process_index]

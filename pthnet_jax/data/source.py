@@ -1,0 +1,87 @@
+"""Open an imported split: metadata in memory, records through `tfds.data_source`."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pthnet_jax.data.lists import LEVELS
+
+
+@dataclasses.dataclass
+class FeatureSplit:
+    """One split of an imported dataset. Record i is line i of the split's lists."""
+
+    name: str
+    dataset_dir: Path
+    class_names: list[str]
+    feature_dim: int
+    clip_ids: np.ndarray  # (N,) str, as written in the H-level list
+    labels: np.ndarray  # (N,) int32
+    num_windows: dict[str, np.ndarray]  # level -> (N,) int32
+    dataset_info: dict[str, Any]
+    source: Any  # random-access records (tfds ArrayRecordDataSource)
+
+    @property
+    def num_clips(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def feature_bytes(self) -> int:
+        return int(sum(c.sum() for c in self.num_windows.values())) * self.feature_dim * 4
+
+    def read(self, indices) -> list[dict[str, Any]]:
+        """Decoded records for clip indices (list order)."""
+        records = self.source.__getitems__([int(i) for i in indices])
+        return list(records)
+
+
+def _clip_id(record: dict[str, Any]) -> str:
+    value = record["clip_id"]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _index_path(dataset_dir: Path, split: str) -> Path:
+    return dataset_dir / f"pthnet_index-{split}.npz"
+
+
+def open_split(data_dir: str | Path, split: str) -> FeatureSplit:
+    """Open split `split` of a dataset written by `pthnet import-features` (its OUT or version dir)."""
+    import tensorflow_datasets as tfds
+
+    from pthnet_jax.data.builder import find_dataset_dir
+
+    dataset_dir = find_dataset_dir(data_dir)
+    builder = tfds.builder_from_directory(str(dataset_dir))
+    if split not in builder.info.splits:
+        raise KeyError(f"{dataset_dir}: no split {split!r}; available: {sorted(builder.info.splits)}")
+    source = builder.as_data_source(split=split)
+    metadata = dict(builder.info.metadata or {})
+    index_file = _index_path(dataset_dir, split)
+    if index_file.is_file():
+        index = np.load(index_file)
+        clip_ids, labels = index["clip_ids"], index["labels"]
+        counts = {lvl: index[f"num_windows_{lvl}"] for lvl in LEVELS}
+        if len(clip_ids) != len(source) or (len(source) and _clip_id(source[len(source) - 1]) != clip_ids[-1]):
+            raise ValueError(f"{index_file} does not match the records of split {split!r}; delete it to rebuild")
+    else:  # one pass over the records; cached beside the dataset when the directory is writable
+        records = [source[i] for i in range(len(source))]
+        clip_ids = np.array([_clip_id(r) for r in records])
+        labels = np.array([r["label"] for r in records], np.int32)
+        counts = {lvl: np.array([r[f"num_windows_{lvl}"] for r in records], np.int32) for lvl in LEVELS}
+        order = np.array([r["list_index"] for r in records])
+        if (np.diff(order) <= 0).any():
+            raise ValueError(f"{dataset_dir}: records of split {split!r} are not in list order")
+        try:
+            tmp = index_file.with_suffix(".tmp.npz")
+            np.savez(tmp, clip_ids=clip_ids, labels=labels, **{f"num_windows_{l}": c for l, c in counts.items()})
+            tmp.replace(index_file)
+        except OSError:
+            pass
+    return FeatureSplit(split, dataset_dir, list(metadata.get("class_names", [])),
+                        int(metadata.get("feature_dim", 1408)), clip_ids, labels, counts, metadata, source)

@@ -1,0 +1,152 @@
+"""`pthnet synth`: synthetic features in the original layout (data lists + one .npy per clip and level).
+
+Window counts and labels are drawn from the real data lists of the chosen benchmark when
+`shared/data/pthnet-annotation` is found (realistic lengths and class balance); otherwise from a
+built-in model of clip lengths (the window-count rule of spec §6 applied to random frame counts).
+Each clip carries a learnable class signal: a class direction in feature space whose strength varies
+over the windows, buried in unit Gaussian noise (features of the real extractor are LayerNorm outputs).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pthnet_jax.data.benchmarks import LEVEL_FOLDERS, get_benchmark, level_folder
+from pthnet_jax.data.lists import LEVELS, read_list
+
+STRIDES = {"H": 4, "M": 8, "L": 16}
+# Frame counts of the built-in fallback, per benchmark: (min, max) frames of a clip.
+_FRAME_RANGES = {"FERv39k": (8, 48), "DFEW": (16, 800), "MAFW": (16, 700), "CREMA-D": (30, 450),
+                 "eNTERFACE05": (30, 160), "RAVDESS": (60, 150), "MELD": (16, 900), "CASME2": (16, 150)}
+# FERv39k's real sizes (train, test); others default to a fold's sizes from the lists or 2000/500.
+_DEFAULT_SIZES = {"FERv39k": (31088, 7847)}
+
+
+def find_annotation_dir() -> Path | None:
+    """`shared/data/pthnet-annotation` beside the checkout or the working directory, if present."""
+    env = os.environ.get("PTHNET_ANNOTATION_DIR")
+    candidates = [Path(env)] if env else []
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
+        candidates += [base / ".." / "shared" / "data" / "pthnet-annotation",
+                       base / "shared" / "data" / "pthnet-annotation"]
+    return next((c.resolve() for c in candidates if c.is_dir()), None)
+
+
+def windows_for_frames(frames: np.ndarray, stride: int) -> np.ndarray:
+    """Window count of a clip of N frames, as observed in the FERv39k lists (spec §6)."""
+    return np.ceil(np.maximum(frames - 16, 0) / stride).astype(np.int64) + 1
+
+
+def real_rows(benchmark: str, split: str, annotation: Path | None) -> np.ndarray | None:
+    """(n, 4) int array of (count_L, count_M, count_H, label) from the real lists, or None."""
+    if annotation is None:
+        return None
+    bench = get_benchmark(benchmark)
+    base = annotation / bench.name / ("single" if bench.label_sets else "")
+    name = bench.list_file(split, 1 if bench.list_style == "fold" else None)
+    try:
+        per_level = {lvl: read_list(base / LEVEL_FOLDERS[lvl] / name) for lvl in LEVELS}
+    except ValueError:
+        return None
+    return np.array([[per_level["L"][i].num_windows, per_level["M"][i].num_windows,
+                      per_level["H"][i].num_windows, per_level["H"][i].label]
+                     for i in range(len(per_level["H"]))], np.int64)
+
+
+def synthesize(out: str | os.PathLike, like: str = "FERv39k", clips: int | None = None,
+               test_clips: int | None = None, feature_dim: int = 1408, seed: int = 0,
+               signal: float = 0.35, reverse: bool = True, quiet: bool = False) -> Path:
+    """Write a synthetic benchmark under `out`; returns `out`. Lists go to out/annotation/NAME."""
+    bench = get_benchmark(like)
+    out = Path(out).absolute()
+    rng = np.random.default_rng(seed)
+    annotation = find_annotation_dir()
+    directions = rng.standard_normal((bench.num_classes, feature_dim)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True) / math.sqrt(feature_dim) * 8.0
+    started, written = time.perf_counter(), 0
+    sizes = _DEFAULT_SIZES.get(bench.name)
+    for split in ("train", "test"):
+        rows = real_rows(bench.name, split, annotation)
+        wanted = clips if split == "train" else test_clips
+        if wanted is None:
+            if clips is not None:  # keep the real train/test ratio
+                real = sizes or ((len(real_rows(bench.name, "train", annotation)), len(rows))
+                                 if rows is not None else (4, 1))
+                wanted = max(1, round(clips * real[1] / real[0]))
+            else:
+                wanted = (sizes[0 if split == "train" else 1] if sizes else
+                          (len(rows) if rows is not None else (2000 if split == "train" else 500)))
+        if rows is not None:
+            picked = rows[rng.integers(0, len(rows), wanted)] if wanted != len(rows) else rows
+            counts, labels = picked[:, :3], picked[:, 3]
+        else:
+            low, high = _FRAME_RANGES[bench.name]
+            frames = rng.integers(low, high + 1, wanted)
+            counts = np.stack([windows_for_frames(frames, STRIDES[lvl]) for lvl in LEVELS], 1)
+            labels = rng.integers(0, bench.num_classes, wanted)
+        written += _write_split(out, bench, split, counts, labels, directions, feature_dim, signal,
+                                reverse, np.random.default_rng([seed, 1 if split == "train" else 2]))
+    if not quiet:
+        print(f"synthesized {bench.name}-like data ({written} .npy files, feature size {feature_dim}) in "
+              f"{time.perf_counter() - started:.1f}s -> {out} (lists: {out / 'annotation' / bench.name}; "
+              f"window counts from {'the real lists in ' + str(annotation) if annotation else 'the built-in model'})")
+    return out
+
+
+def _write_split(out: Path, bench, split: str, counts: np.ndarray, labels: np.ndarray,
+                 directions: np.ndarray, feature_dim: int, signal: float, reverse: bool,
+                 rng: np.random.Generator) -> int:
+    list_dir = out / "annotation" / bench.name / ("single" if bench.label_sets else "")
+    list_name = bench.list_file(split, 1 if bench.list_style == "fold" else None)
+    variants = [False, True] if reverse else [False]
+    lines = {(lvl, rv): [] for lvl in LEVELS for rv in variants}
+    for rv in variants:
+        for lvl in LEVELS:
+            (out / "get_features" / bench.name / level_folder(lvl, False, rv) / split).mkdir(parents=True, exist_ok=True)
+    files = 0
+    for index, (label, clip_counts) in enumerate(zip(labels, counts)):
+        strength = signal * rng.uniform(0.3, 1.0)  # some clips are harder than others
+        for lvl, count in zip(LEVELS, clip_counts):
+            # The class signal rises and falls over the clip, like an expression's apex.
+            envelope = np.sin(np.linspace(0.2, math.pi - 0.2, count))[:, None].astype(np.float32)
+            windows = rng.standard_normal((count, feature_dim), dtype=np.float32)
+            windows += strength * envelope * directions[label]
+            for rv in variants:
+                rel = f"get_features/{bench.name}/{level_folder(lvl, False, rv)}/{split}/clip_{index:06d}.npy"
+                np.save(out / rel, windows[::-1] if rv else windows)
+                lines[(lvl, rv)].append(f"{rel} {count} {label}")
+                files += 1
+    for (lvl, rv), entries in lines.items():
+        target = list_dir / level_folder(lvl, False, rv) / list_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text("\n".join(entries) + "\n")
+        os.replace(tmp, target)
+    return files
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pthnet synth", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path, help="ROOT folder to write")
+    parser.add_argument("--like", default="FERv39k", help="benchmark whose naming and window counts to imitate")
+    parser.add_argument("--clips", type=int, help="training clips (default: the benchmark's real size)")
+    parser.add_argument("--test-clips", type=int, help="test clips (default: the real train/test ratio)")
+    parser.add_argument("--feature-dim", type=int, default=1408)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--signal", type=float, default=0.35, help="class signal strength")
+    parser.add_argument("--no-reverse", action="store_true", help="do not write the _rv variant")
+    args = parser.parse_args(argv)
+    try:
+        synthesize(args.out, args.like, args.clips, args.test_clips, args.feature_dim, args.seed,
+                   args.signal, reverse=not args.no_reverse)
+    except ValueError as err:
+        print(f"pthnet synth: {err}", file=sys.stderr)
+        return 2
+    return 0
