@@ -24,10 +24,10 @@ class PthnetFeaturesConfig(tfds.core.BuilderConfig):
     reverse: bool = False
     class_names: tuple[str, ...] = ()
     feature_dim: int = 1408
-    splits: dict = dataclasses.field(default_factory=dict)
+    splits: dict = dataclasses.field(default_factory=dict, repr=False)
     # (split, clips) -> iterator of (clip, {level: windows} or None when skipped), in list order.
-    load_clips: Callable[[str, list[Clip]], Iterator[tuple[Clip, dict[str, np.ndarray] | None]]] | None = None
-    extra_metadata: dict = dataclasses.field(default_factory=dict)
+    load_clips: Callable[[str, list[Clip]], Iterator[tuple[Clip, dict[str, np.ndarray] | None]]] | None = dataclasses.field(default=None, repr=False)
+    extra_metadata: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 class PthnetFeatures(tfds.core.GeneratorBasedBuilder):

@@ -53,19 +53,24 @@ def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epo
                     process_index: int | None = None, process_count: int | None = None,
                     num_devices: int | None = None, levels: Sequence[str] | None = None,
                     resident: ResidentFeatures | None = None, num_threads: int = 4,
-                    shuffle: bool | None = None) -> Iterator[dict[str, Any]]:
+                    shuffle: bool | None = None, clip_subset: np.ndarray | None = None,
+                    start_step: int = 0, stop_step: int | None = None) -> Iterator[dict[str, Any]]:
     """Batches of one epoch as numpy dicts (see `sample_batch`); evaluation keeps list order.
 
     Every clip appears exactly once per epoch over all hosts; the last global batch is padded with
     `valid=False` rows. With `num_devices`, arrays get a leading (num_devices, per_device) layout.
+    `clip_subset` restricts the epoch to those clip indices (e.g. a held-out validation part);
+    `start_step`/`stop_step` select a range of the epoch's batches (resuming mid-epoch).
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     levels = tuple(levels or (LEVELS if train else ("H",)))
     shuffle = train if shuffle is None else shuffle
-    order = epoch_order(split.num_clips, seed=seed, epoch=epoch, shuffle=shuffle)
+    subset = np.arange(split.num_clips) if clip_subset is None else np.asarray(clip_subset)
+    order = subset[epoch_order(len(subset), seed=seed, epoch=epoch, shuffle=shuffle)]
     indices, valid = batch_plan(order, global_batch=global_batch, process_index=process_index,
                                 process_count=process_count)
+    indices, valid = indices[start_step:stop_step], valid[start_step:stop_step]
     noise = noise_std if train else 0.0
     sample = functools.partial(_sample_jit, seed=np.int32(seed), epoch=np.int32(epoch),
                                noise_std=np.float32(noise), train=train, max_len=max_len, levels=levels)

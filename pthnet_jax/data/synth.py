@@ -61,7 +61,7 @@ def real_rows(benchmark: str, split: str, annotation: Path | None) -> np.ndarray
 
 def synthesize(out: str | os.PathLike, like: str = "FERv39k", clips: int | None = None,
                test_clips: int | None = None, feature_dim: int = 1408, seed: int = 0,
-               signal: float = 0.35, reverse: bool = True, quiet: bool = False) -> Path:
+               signal: float = 1.0, reverse: bool = True, quiet: bool = False) -> Path:
     """Write a synthetic benchmark under `out`; returns `out`. Lists go to out/annotation/NAME."""
     bench = get_benchmark(like)
     out = Path(out).absolute()
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--test-clips", type=int, help="test clips (default: the real train/test ratio)")
     parser.add_argument("--feature-dim", type=int, default=1408)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--signal", type=float, default=0.35, help="class signal strength")
+    parser.add_argument("--signal", type=float, default=1.0, help="class signal strength")
     parser.add_argument("--no-reverse", action="store_true", help="do not write the _rv variant")
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,9 @@
+"""CASME2, one leave-one-subject-out set (scripts/run_folds.py runs all 26); the original script's recipe otherwise."""
+from pthnet_jax.configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.benchmark = "CASME2"
+    config.model.num_classes = 5
+    return config

@@ -1,0 +1,9 @@
+"""CREMA-D; the original script's recipe otherwise."""
+from pthnet_jax.configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.benchmark = "CREMA-D"
+    config.model.num_classes = 6
+    return config

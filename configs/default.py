@@ -1,0 +1,32 @@
+"""Base config: the original training script's defaults (spec §3). Benchmarks override a few fields."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.benchmark = "FERv39k"
+
+    config.model = ml_collections.ConfigDict(dict(
+        n_in=1408, n_embd=512, mlp_dim=768, max_len=16, arch=(2, 2, 1, 1), scale_factor=2,
+        with_ln=True, path_pdrop=0.1, downsample_type="max", thr_size=(3, 1, 3, 3), k=(1, 3, 5),
+        num_classes=7, use_pos=False, num_heads=8))
+    config.model_dtype = "float32"  # "bfloat16": compute dtype for throughput-only runs
+
+    config.data = ml_collections.ConfigDict(dict(
+        data_dir="",  # set with --data; the directory `pthnet import-features` wrote
+        mode="auto",  # "resident" | "streaming" | "auto" (resident when it fits in memory)
+        noise_std=0.0005, train_split="train", test_split="test"))
+
+    config.optim = ml_collections.ConfigDict(dict(
+        lr=0.005, momentum=0.9, weight_decay=1e-4, milestones=(10, 15, 20, 25), gamma=0.5))
+
+    config.train = ml_collections.ConfigDict(dict(
+        epochs=30, global_batch=32, seed=0,
+        steps_per_dispatch=32,  # training steps fused into one device call (resident mode)
+        select_on="test",  # "test": the original's choice (best epoch on the test split); "val"
+        select_metric="WAR",  # the original keeps the best WAR
+        val_fraction=0.1, val_seed=0,  # held-out part of train when select_on == "val"
+        keep_checkpoints=2, eval_every=1))
+
+    config.eval = ml_collections.ConfigDict(dict(batch_size=1024))
+    return config

@@ -1,0 +1,9 @@
+"""eNTERFACE05; the original script's recipe otherwise."""
+from pthnet_jax.configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.benchmark = "eNTERFACE05"
+    config.model.num_classes = 6
+    return config

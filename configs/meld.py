@@ -1,0 +1,9 @@
+"""MELD; the original script's recipe otherwise."""
+from pthnet_jax.configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.benchmark = "MELD"
+    config.model.num_classes = 7
+    return config

@@ -1,0 +1,9 @@
+"""RAVDESS; the original script's recipe otherwise."""
+from pthnet_jax.configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.benchmark = "RAVDESS"
+    config.model.num_classes = 8
+    return config

@@ -1,0 +1,26 @@
+"""The original's optimiser: SGD (momentum 0.9, no dampening) with coupled L2 weight decay on every
+parameter, and a MultiStepLR schedule stepped once per epoch (spec §3)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import optax
+
+
+def multistep_schedule(base_lr: float, milestones: Sequence[int], gamma: float,
+                       steps_per_epoch: int) -> optax.Schedule:
+    """lr(step) = base_lr * gamma ** (number of milestones <= epoch), epoch = step // steps_per_epoch."""
+    boundaries = {int(m) * steps_per_epoch: gamma for m in sorted(milestones)}
+    return optax.piecewise_constant_schedule(base_lr, boundaries)
+
+
+def make_optimizer(*, lr: float, momentum: float, weight_decay: float, milestones: Sequence[int],
+                   gamma: float, steps_per_epoch: int) -> optax.GradientTransformation:
+    """torch.optim.SGD(params, lr, momentum, weight_decay) + MultiStepLR(milestones, gamma).
+
+    torch adds `weight_decay * param` to the gradient before the momentum buffer: that is
+    `add_decayed_weights` first, then the momentum trace, then the learning rate.
+    """
+    schedule = multistep_schedule(lr, milestones, gamma, steps_per_epoch)
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(schedule, momentum=momentum or None, nesterov=False))

@@ -1,0 +1,91 @@
+"""All device placement: the local devices, replication, sharding batches, per-device RNG.
+
+Data parallel with `jax.pmap` over the local devices of every process (multi-host through
+`jax.distributed`); changing the strategy (e.g. to `jit` + `NamedSharding`) touches this file only.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+AXIS = "devices"
+
+
+def maybe_initialize_distributed() -> None:
+    """Join a multi-process run when the environment describes one (PTHNET_COORDINATOR etc.)."""
+    address = os.environ.get("PTHNET_COORDINATOR")
+    if address:
+        jax.distributed.initialize(coordinator_address=address,
+                                   num_processes=int(os.environ["PTHNET_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["PTHNET_PROCESS_ID"]))
+
+
+def local_device_count() -> int:
+    return jax.local_device_count()
+
+
+def _sharding(shape: tuple[int, ...]) -> jax.sharding.Sharding:
+    """Leading axis split over the local devices, the layout pmap consumes without copies."""
+    del shape
+    mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def replicate(tree: Any) -> Any:
+    """One copy of every leaf on every local device, laid out for pmap (leading device axis)."""
+    count = jax.local_device_count()
+
+    def put(leaf):
+        leaf = np.asarray(leaf) if not isinstance(leaf, jax.Array) else jax.device_get(leaf)
+        stacked = np.broadcast_to(leaf, (count, *leaf.shape))  # a view: no host copy
+        return jax.device_put(stacked, _sharding(stacked.shape))
+
+    return jax.tree.map(put, tree)
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy, as host numpy arrays."""
+    return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+
+
+def shard(tree: Any) -> Any:
+    """Host arrays with a leading (local devices, ...) axis -> device arrays, one slice per device."""
+    return jax.tree.map(lambda x: jax.device_put(x, _sharding(np.shape(x))), tree)
+
+
+def split_for_devices(tree: Any, axis: int = 0) -> Any:
+    """Reshape axis `axis` of size B into (devices, B // devices) in front; clear error if uneven."""
+    count = jax.local_device_count()
+
+    def reshape(x):
+        x = np.asarray(x)
+        size = x.shape[axis]
+        if size % count:
+            raise ValueError(f"a batch of {size} does not split evenly over {count} local devices")
+        split = x.reshape(*x.shape[:axis], count, size // count, *x.shape[axis + 1:])
+        return np.moveaxis(split, axis, 0)
+
+    return jax.tree.map(reshape, tree)
+
+
+def device_rng(key: jax.Array) -> jax.Array:
+    """Inside pmap: a key of this device's own, from the global device index."""
+    return jax.random.fold_in(key, jax.lax.axis_index(AXIS))
+
+
+def global_sum(x: Any) -> Any:
+    """Inside pmap: sum over every device of every process."""
+    return jax.lax.psum(x, AXIS)
+
+
+def all_gather_hosts(x: np.ndarray) -> np.ndarray:
+    """Concatenate a host-local array over processes (identity on one process)."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(x)
+    return np.concatenate(list(gathered))

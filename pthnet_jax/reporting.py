@@ -1,0 +1,208 @@
+"""What a run leaves behind and shows: checkpoints, config and environment, progress, TensorBoard,
+plots, the final summary."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from pthnet_jax import checkpoint as ckpt
+
+CHECKPOINTS, BEST = "checkpoints", "best"
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs (the first compile of the training step takes a while on CPU)."""
+    cache = os.environ.get("PTHNET_COMPILATION_CACHE", str(Path.home() / ".cache" / "pthnet-jax" / "xla"))
+    if cache and cache != "0":
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_run_files(workdir: Path, config) -> None:
+    """The resolved config and the environment, beside the checkpoints."""
+    if jax.process_index() != 0:
+        return
+    _atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+    import flax
+    import optax
+
+    versions = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__,
+                "optax": optax.__version__, "orbax-checkpoint": getattr(ocp, "__version__", "?"),
+                "numpy": np.__version__}
+    environment = {"versions": versions, "platform": platform.platform(),
+                   "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+                   "local_device_count": jax.local_device_count()}
+    _atomic_write(workdir / "environment.json", json.dumps(environment, indent=2))
+
+
+def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(workdir / CHECKPOINTS, options=options,
+                                 item_names=(ckpt.PARAMS_ITEM, ckpt.INFO_ITEM, "train_state"))
+
+
+def _provenance(run, workdir: Path, state, **extra) -> dict[str, Any]:
+    return {"source": "pthnet-jax training", "run": str(workdir), "step": int(state.step),
+            "epoch": run.epoch, "history": run.history, "best": run.best,
+            "best_acc": run.best.get("value"), **extra}
+
+
+def save(manager: ocp.CheckpointManager, state, model_config, run, workdir: Path, *,
+         best: bool = False, interrupted: bool = False) -> None:
+    """A step directory with `params`, `pthnet` and `train_state`; and `workdir/best` when best."""
+    provenance = _provenance(run, workdir, state, interrupted=interrupted)
+    items = ckpt.save_args(state.params, model_config, provenance)
+    items["train_state"] = ocp.args.StandardSave(state)
+    manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)
+    manager.wait_until_finished()
+    if best and jax.process_index() == 0:
+        _replace_best(workdir, state.params, model_config, provenance)
+
+
+def _replace_best(workdir: Path, params, model_config, provenance) -> None:
+    """Write the new best beside the old one, then swap: a crash leaves one complete copy."""
+    target, staging, old = workdir / BEST, workdir / ".best-new", workdir / ".best-old"
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    ckpt.save_checkpoint(staging, params, model_config, provenance)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def restore(manager: ocp.CheckpointManager, state):
+    """The latest step: train state restored against `state`'s tree, and the run bookkeeping."""
+    from pthnet_jax.train import RunState
+
+    step = manager.latest_step()
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        train_state=ocp.args.StandardRestore(target), **{ckpt.INFO_ITEM: ocp.args.JsonRestore()}))
+    info = restored[ckpt.INFO_ITEM]["provenance"]
+    run = RunState(epoch=info["epoch"], history=info["history"], best=info["best"])
+    return restored["train_state"], run
+
+
+def learning_rate(optim, epoch: int) -> float:
+    return optim.lr * optim.gamma ** sum(1 for m in optim.milestones if epoch >= m)
+
+
+class EpochProgress:
+    """A tqdm bar per epoch with loss, accuracy, clips/s and ETA."""
+
+    def __init__(self, epoch: int, epochs: int, steps: int, first: int, global_batch: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                        disable=not enabled, dynamic_ncols=True, leave=True)
+        self.totals = {"total": 0.0, "ce": 0.0, "correct": 0.0, "count": 0.0}
+        self.started = time.perf_counter()
+
+    def update(self, metrics: dict[str, np.ndarray]) -> None:
+        for key in self.totals:
+            self.totals[key] += float(np.sum(metrics[key]))
+        count = max(self.totals["count"], 1.0)
+        elapsed = time.perf_counter() - self.started
+        self.bar.set_postfix(loss=f"{self.totals['total'] / count:.4f}",
+                             acc=f"{100 * self.totals['correct'] / count:.2f}",
+                             clips_s=f"{self.totals['count'] / max(elapsed, 1e-9):.0f}", refresh=False)
+        self.bar.update(len(np.atleast_1d(metrics["count"])))
+
+    def close(self) -> dict[str, float]:
+        self.bar.close()
+        count = max(self.totals["count"], 1.0)
+        elapsed = time.perf_counter() - self.started
+        return {"train_loss": self.totals["total"] / count, "train_ce": self.totals["ce"] / count,
+                "train_accuracy": 100 * self.totals["correct"] / count,
+                "train_clips_per_s": self.totals["count"] / max(elapsed, 1e-9), "epoch_seconds": elapsed}
+
+
+class Logger:
+    """TensorBoard scalars under workdir/tensorboard, a metrics log and the training-curve PNG."""
+
+    def __init__(self, workdir: Path, enabled: bool):
+        self.workdir, self.enabled = workdir, enabled
+        self.writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+
+    def epoch(self, record: dict[str, Any], run) -> None:
+        if not self.enabled:
+            return
+        step = record["step"]
+        for key in ("train_loss", "train_ce", "train_accuracy", "train_clips_per_s", "lr"):
+            self.writer.add_scalar(f"train/{key.removeprefix('train_')}", record[key], step)
+        for split in ("test", "val"):
+            for metric, value in record.get(split, {}).items():
+                self.writer.add_scalar(f"{split}/{metric}", value, step)
+        self.writer.flush()
+        line = " | ".join([f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
+                           f"train acc {record['train_accuracy']:.2f}"] +
+                          [f"{split} UAR {record[split]['UAR']:.2f} WAR {record[split]['WAR']:.2f}"
+                           for split in ("val", "test") if split in record])
+        print(line, flush=True)
+        _atomic_write(self.workdir / "history.json", json.dumps(run.history, indent=1))
+        plot_curves(run.history, self.workdir / "training_curves.png")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (CE + KL)")
+    ax_loss.plot(epochs, [r["train_ce"] for r in history], "s--", label="train CE(H)")
+    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend(), ax_loss.grid(alpha=0.3)
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train accuracy")
+    for split in ("val", "test"):
+        rows = [(r["epoch"], r[split]) for r in history if split in r]
+        if rows:
+            ax_acc.plot([e for e, _ in rows], [m["WAR"] for _, m in rows], "s-", label=f"{split} WAR")
+            ax_acc.plot([e for e, _ in rows], [m["UAR"] for _, m in rows], "^--", label=f"{split} UAR")
+    ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("%"), ax_acc.legend(), ax_acc.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def final_summary(workdir: Path, run, num_params: int, select_on: str) -> dict[str, Any]:
+    summary = {"epochs": run.epoch, "num_params": num_params, "model_selection": select_on,
+               "best": run.best, "last": run.history[-1] if run.history else None,
+               "best_checkpoint": str(workdir / BEST), "curves": str(workdir / "training_curves.png")}
+    if jax.process_index() == 0:
+        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2))
+        best = run.best
+        if best:
+            metrics = best["metrics"].get(select_on, {})
+            print(f"best epoch {best['epoch']} by {best['split']} {best['metric']}: UAR "
+                  f"{metrics.get('UAR', float('nan')):.2f} WAR {metrics.get('WAR', float('nan')):.2f} "
+                  f"(selected on the {select_on} split) -> {workdir / BEST}")
+    return summary
