@@ -118,10 +118,20 @@ def _ndarray_reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
     return np.ndarray.__new__(np.ndarray, shape, dtype_code)
 
 
+def _numpy_scalar(dtype: Any, data: bytes | None = None) -> Any:
+    """numpy's pickled scalars (`numpy.core.multiarray.scalar(dtype, bytes)`), e.g. an np.float32."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise UnsafeCheckpointError(f"numpy scalar of dtype {dtype!r} is not allowed")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
 def _make_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
     if not isinstance(spec, str):
         raise UnsafeCheckpointError(f"numpy dtype from {spec!r} is not allowed")
-    return np.dtype(spec)
+    dtype = np.dtype(spec)
+    if dtype.hasobject:  # object arrays would hold arbitrary pickled objects
+        raise UnsafeCheckpointError(f"numpy dtype {spec!r} (Python objects) is not allowed")
+    return dtype
 
 
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -134,6 +144,8 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): _make_dtype,
     ("numpy.core.multiarray", "_reconstruct"): _ndarray_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _ndarray_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("builtins", "complex"): complex,
@@ -216,5 +228,9 @@ def read_torch_file(path: str | os.PathLike) -> Any:
                 byteorder = archive.read(f"{top}/byteorder").decode().strip() or "little"
             data = archive.read(pickles[0])
             return _RestrictedUnpickler(data, archive, top, source, byteorder).load()
+    except CheckpointReadError as err:
+        if str(err).startswith(source):
+            raise
+        raise type(err)(f"{source}: {err}") from err  # errors from rebuild helpers: name the file
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError, zlib.error) as err:
         raise CheckpointReadError(f"{source}: corrupt or truncated torch.save archive ({err})") from err

@@ -176,9 +176,17 @@ class TorchPTHNet(nn.Module):
         return self.head((x * mask.to(x.dtype)).mean(dim=2))
 
     def forward(self, x_l, x_m, x_h, mask_l, mask_m, mask_h, training: bool = True):
-        """The original's signature: training=True -> (logits_L, logits_M, logits_H); else H only."""
+        """The original's signature: training=True -> (logits_L, logits_M, logits_H).
+
+        training=False runs one level, like the original: L when `x_l` is given, else M when `x_m`
+        is given, else H (evaluation passes only the H inputs).
+        """
         if training:
             return self._level(x_l, mask_l, "L"), self._level(x_m, mask_m, "M"), self._level(x_h, mask_h, "H")
+        if x_l is not None:
+            return self._level(x_l, mask_l, "L")
+        if x_m is not None:
+            return self._level(x_m, mask_m, "M")
         return self._level(x_h, mask_h, "H")
 
     def forward_levels(self, features: dict, masks: dict) -> dict:

@@ -15,11 +15,14 @@ from pthnet_jax import load_model  # noqa: E402
 from pthnet_jax.convert import checkpoint_to_pth, import_pth, pth_to_checkpoint  # noqa: E402
 from pthnet_jax.convert.cli import main as convert_main  # noqa: E402
 from pthnet_jax.convert.mapping import MappingError  # noqa: E402
-from pthnet_jax.convert.torch_pickle import CheckpointReadError, UnsafeCheckpointError, read_torch_file  # noqa: E402
+from pthnet_jax.convert.torch_pickle import (CheckpointReadError, UnsafeCheckpointError,  # noqa: E402
+                                             read_torch_file)
 from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
 from pthnet_jax.model import ModelConfig  # noqa: E402
 
-TINY = ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=6, k=(1, 3, 5), thr_size=(3, 1, 3, 3))
+# The same tiny config and batch as test_parity.py, so both share JAX's per-op compile cache.
+TINY = ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=5)
+BATCH = 16
 
 
 class RecorderMeter:
@@ -30,6 +33,7 @@ class RecorderMeter:
         self.current_epoch = 2
         self.epoch_losses = np.arange(total_epoch * 2, dtype=np.float32).reshape(total_epoch, 2)
         self.epoch_accuracy = np.ones((total_epoch, 2), np.float32) * 40.5
+        self.best_seen = np.float32(40.5)  # a numpy scalar pickles through numpy's `scalar`
 
 
 @pytest.fixture
@@ -83,13 +87,15 @@ def test_reads_original_training_checkpoint(tmp_path, reference_model, monkeypat
     assert imported.provenance["epoch"] == 12 and imported.provenance["best_acc"] == 47.25
     assert imported.provenance["module_prefix"] is True
     assert imported.provenance["metadata"]["recorder"]["state"]["total_epoch"] == 20
+    assert imported.provenance["metadata"]["recorder"]["state"]["best_seen"] == 40.5
     assert len(imported.provenance["sha256"]) == 64
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])
 def test_plain_state_dict_with_and_without_prefix(tmp_path, reference_model, prefix):
     path = tmp_path / "weights.pth"
-    torch.save(collections.OrderedDict((prefix + k, v) for k, v in reference_model.state_dict().items()), path)
+    state = reference_model.state_dict()
+    torch.save(collections.OrderedDict((prefix + k, v) for k, v in state.items()), path)
     imported = import_pth(path)
     assert imported.provenance["module_prefix"] is bool(prefix)
     np.testing.assert_array_equal(imported.variables["params"]["head"]["kernel"],
@@ -112,18 +118,19 @@ class _Evil:
         return self.call, (self.argument,)
 
 
-@pytest.mark.parametrize("kind", ["os.system", "builtins.eval", "subprocess"])
+@pytest.mark.parametrize("kind", ["os.system", "builtins.eval", "subprocess", "object_array"])
 def test_malicious_pickle_is_refused_and_never_runs(tmp_path, kind):
     marker = tmp_path / "pwned"
     command = f"touch {marker}"
     payload = {"os.system": _Evil(os.system, command),
                "builtins.eval": _Evil(eval, f"open({str(marker)!r}, 'w')"),
-               "subprocess": _Evil(subprocess.call, ["touch", str(marker)])}[kind]
+               "subprocess": _Evil(subprocess.call, ["touch", str(marker)]),
+               "object_array": np.array([command, 1], dtype=object)}[kind]
     path = tmp_path / "evil.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("evil/data.pkl", pickle.dumps({"state_dict": payload}, protocol=2))
         archive.writestr("evil/version", "3\n")
-    with pytest.raises(UnsafeCheckpointError, match="not on the allowlist") as info:
+    with pytest.raises(UnsafeCheckpointError, match="is not allowed|not on the allowlist") as info:
         import_pth(path)
     assert str(path) in str(info.value)
     assert not marker.exists()
@@ -198,8 +205,8 @@ def test_cli_and_load_model(tmp_path, reference_model, capsys):
     assert convert_main([str(tmp_path / "nope.pth"), str(tmp_path / "x")]) == 2
 
     rng = np.random.default_rng(0)
-    features = {"H": rng.normal(size=(3, 16, 24)).astype(np.float32)}
-    masks = {"H": np.arange(16)[None] < np.array([[1], [9], [16]])}
+    features = {"H": rng.normal(size=(BATCH, 16, TINY.n_in)).astype(np.float32)}
+    masks = {"H": np.arange(16)[None] <= np.arange(BATCH)[:, None]}  # 1..16 valid steps
     model_a, vars_a = load_model(source)
     model_b, vars_b = load_model(tmp_path / "ckpt")
     logits_a = model_a.apply(vars_a, features, masks, train=False)["H"]
@@ -230,5 +237,5 @@ def test_import_works_without_torch(tmp_path, reference_model, monkeypatch):
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "6 12"
+    assert lines[0] == f"{TINY.num_classes} 12"
     assert 'pip install "pthnet-jax[torch]"' in lines[1]

@@ -10,6 +10,8 @@ from pthnet_jax.convert.mapping import flax_to_torch, torch_to_flax  # noqa: E40
 from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
 from pthnet_jax.model import ModelConfig, PTHNet  # noqa: E402
 
+# One batch size for every test of a config: JAX's per-op compile cache is then shared between tests.
+BATCH = 16
 CONFIGS = {
     "tiny": ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=5),
     "odd": ModelConfig(n_in=20, n_embd=48, mlp_dim=40, arch=(1, 1, 2, 0), thr_size=(5, 3, 1, 3),
@@ -34,7 +36,8 @@ def _inputs(cfg: ModelConfig, batch: int, seed: int):
         # Every count from 1 to T appears.
         counts = (np.arange(batch) % length) + 1
         masks[level] = np.arange(length)[None] < counts[:, None]
-        features[level] = (rng.normal(size=(batch, length, cfg.n_in)) * masks[level][..., None]).astype(np.float32)
+        noise = rng.normal(size=(batch, length, cfg.n_in))
+        features[level] = (noise * masks[level][..., None]).astype(np.float32)
     return features, masks
 
 
@@ -61,16 +64,19 @@ def test_flax_matches_torch_reference(name):
     inferred, params, _, _ = torch_to_flax(state)
     # Only the fields a state dict cannot carry may differ from the config the weights came from.
     assert dataclasses.replace(inferred, max_len=cfg.max_len, path_pdrop=cfg.path_pdrop) == cfg
-    features, masks = _inputs(cfg, batch=2 * cfg.max_len + 1, seed=2)
+    features, masks = _inputs(cfg, batch=BATCH, seed=2)
     expected = _torch_logits(model, features, masks)
     got = _flax_logits(cfg, params, features, masks)
     assert set(got) == {"L", "M", "H"}
     assert _max_rel_diff(got, expected) <= 1e-4
-    # Evaluation path of the original signature: H level only.
-    with torch.no_grad():
-        h_only = model(None, None, torch.from_numpy(features["H"]).transpose(1, 2), None, None,
-                       torch.from_numpy(masks["H"])[:, None], False).numpy()
-    np.testing.assert_allclose(got["H"], h_only, rtol=0, atol=1e-4 * np.abs(h_only).max())
+    # Evaluation path of the original signature: one level, the first whose inputs are given.
+    for index, level in enumerate("LMH"):
+        args = [None] * 6
+        args[index] = torch.from_numpy(features[level]).transpose(1, 2)
+        args[3 + index] = torch.from_numpy(masks[level])[:, None]
+        with torch.no_grad():
+            single = model(*args, False).numpy()
+        np.testing.assert_allclose(got[level], single, rtol=0, atol=1e-4 * np.abs(single).max())
 
 
 def test_default_size_parity():
@@ -81,7 +87,7 @@ def test_default_size_parity():
         for tensor in model.state_dict().values():
             tensor.mul_(0.2)
     _, params, _, _ = torch_to_flax({k: v.numpy() for k, v in model.state_dict().items()})
-    features, masks = _inputs(cfg, batch=16, seed=4)
+    features, masks = _inputs(cfg, batch=BATCH, seed=4)
     assert _max_rel_diff(_flax_logits(cfg, params, features, masks),
                          _torch_logits(model, features, masks)) <= 1e-4
 
@@ -103,7 +109,7 @@ def test_parity_catches_a_single_wrong_weight(corrupt):
     else:
         params["stem_0"]["gn"]["scale"] = params["stem_0"]["gn"]["scale"].copy()
         params["stem_0"]["gn"]["scale"][0] += 1.0
-    features, masks = _inputs(cfg, batch=9, seed=6)
+    features, masks = _inputs(cfg, batch=BATCH, seed=6)
     assert _max_rel_diff(_flax_logits(cfg, params, features, masks),
                          _torch_logits(model, features, masks)) > 1e-3
 
@@ -114,6 +120,6 @@ def test_flax_to_torch_loads_strictly_and_matches():
     exported = flax_to_torch(flax_params, cfg)  # pos_embed tensors synthesised
     fresh = TorchPTHNet(**cfg.to_dict()).eval()
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
-    features, masks = _inputs(cfg, batch=5, seed=8)
+    features, masks = _inputs(cfg, batch=BATCH, seed=8)
     assert _max_rel_diff(_flax_logits(cfg, flax_params, features, masks),
                          _torch_logits(fresh, features, masks)) <= 1e-4
