@@ -34,8 +34,10 @@ def _numbered(count: int) -> tuple[str, ...]:
 
 
 # Class orders: FERv39k from the spec; CREMA-D, eNTERFACE05 and RAVDESS read off the emotion codes
-# in the listed file names; MELD matched by class frequencies; DFEW and MAFW (single) the benchmarks'
-# published orders. CASME2 and MAFW compound are numbered (their orders are not recoverable here).
+# in the listed file names (and the original release's list-making scripts agree); MELD and CASME2 the
+# label orders of the original release's list-making scripts; DFEW and MAFW (single) the benchmarks'
+# published orders. MAFW compound is numbered (its label order is not recoverable from the lists).
+# Fold counts are those of the original release's lists (RAVDESS has six).
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("FERv39k", ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"), "all"),
     Benchmark("DFEW", ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"), "fold", 5),
@@ -45,9 +47,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("CREMA-D", ("Anger", "Happy", "Neutral", "Fear", "Sad", "Disgust"), "fold", 5),
     Benchmark("eNTERFACE05", ("Anger", "Happiness", "Surprise", "Fear", "Sadness", "Disgust"), "fold", 5),
     Benchmark("RAVDESS", ("Neutral", "Calm", "Happy", "Sad", "Angry", "Fearful", "Disgust", "Surprised"),
-              "fold", 5),
+              "fold", 6),
     Benchmark("MELD", ("Neutral", "Surprise", "Fear", "Sadness", "Anger", "Disgust", "Joy"), "plain"),
-    Benchmark("CASME2", _numbered(5), "fold", 26),
+    Benchmark("CASME2", ("Happiness", "Surprise", "Repression", "Others", "Disgust"), "fold", 26),
 ]}
 MAFW_COMPOUND_CLASSES = _numbered(43)
 

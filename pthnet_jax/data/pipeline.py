@@ -1,6 +1,6 @@
 """Host-side batch iterators: resident (everything in memory) or streaming (grain over the records).
 
-Both call the same `sample_batch`, keyed by clip index, so they give identical batches.
+Both call the same jitted `sample_batch`, keyed by clip index, so they give identical batches.
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import numpy as np
 
 from pthnet_jax.data.sampling import LEVELS, ResidentFeatures, batch_plan, epoch_order, sample_batch
 
-# Resident when the features take less than this share of the machine's memory.
+# Resident when the features take less than this share of the machine's memory (auto mode).
 RESIDENT_MEMORY_FRACTION = 0.25
+# Streaming batches pad their windows to a power of two at least this large: few compilations.
+_MIN_STREAM_ROWS = 64
 
 
 def _total_memory() -> int:
@@ -24,12 +26,43 @@ def _total_memory() -> int:
         return 8 << 30
 
 
-def choose_mode(split, mode: str = "auto") -> str:
+def resident_budget() -> int:
+    """Bytes of features that auto mode keeps resident: $PTHNET_RESIDENT_BUDGET_GB or 25% of RAM."""
+    configured = os.environ.get("PTHNET_RESIDENT_BUDGET_GB")
+    if configured:
+        return int(float(configured) * (1 << 30))
+    return int(RESIDENT_MEMORY_FRACTION * _total_memory())
+
+
+def choose_mode(split, mode: str = "auto", budget_bytes: int | None = None) -> str:
+    """"resident" or "streaming"; auto is resident when the split's features fit the budget."""
     if mode not in ("auto", "resident", "streaming"):
         raise ValueError(f"data mode must be 'auto', 'resident' or 'streaming', got {mode!r}")
     if mode != "auto":
         return mode
-    return "resident" if split.feature_bytes() < RESIDENT_MEMORY_FRACTION * _total_memory() else "streaming"
+    budget = resident_budget() if budget_bytes is None else budget_bytes
+    return "resident" if split.feature_bytes() < budget else "streaming"
+
+
+def resident_features(split, levels: Sequence[str] = LEVELS, device: bool = True) -> ResidentFeatures:
+    """The split's windows in memory, read once per level and cached on the split.
+
+    With `device`, the arrays are placed on the default device once (passing host numpy arrays to a
+    jitted function would copy the whole dataset at every call).
+    """
+    cache = split.cache.setdefault("resident", {})
+    missing = [lvl for lvl in levels if (lvl, device) not in cache]
+    if missing:
+        loaded = ResidentFeatures.from_split(split, missing)
+        for lvl in missing:
+            arrays = (loaded.windows[lvl], loaded.offsets[lvl], loaded.counts[lvl])
+            cache[(lvl, device)] = jax.device_put(arrays) if device else arrays
+        if ("labels", device) not in cache:
+            cache[("labels", device)] = jax.device_put(loaded.labels) if device else loaded.labels
+    return ResidentFeatures(windows={lvl: cache[(lvl, device)][0] for lvl in levels},
+                            offsets={lvl: cache[(lvl, device)][1] for lvl in levels},
+                            counts={lvl: cache[(lvl, device)][2] for lvl in levels},
+                            labels=cache[("labels", device)])
 
 
 @functools.partial(jax.jit, static_argnames=("train", "max_len", "levels"))
@@ -48,19 +81,41 @@ def _to_device_layout(batch: dict[str, Any], num_devices: int | None) -> dict[st
     return jax.tree.map(lambda x: x.reshape(num_devices, local // num_devices, *x.shape[1:]), batch)
 
 
+def _padded_chunk(records: list[dict[str, Any]], labels: np.ndarray, size: int, levels: Sequence[str]
+                  ) -> ResidentFeatures:
+    """A per-batch resident set with fixed-size clip arrays and power-of-two window rows.
+
+    Fixed shapes keep the jitted sampler to a handful of compilations; padding rows are never read.
+    """
+    chunk = ResidentFeatures.from_records(records, labels, levels)
+    pad = size - len(records)
+
+    def pad_rows(windows: np.ndarray) -> np.ndarray:
+        rows = max(_MIN_STREAM_ROWS, 1 << max(0, int(windows.shape[0]) - 1).bit_length())
+        return np.pad(windows, ((0, rows - windows.shape[0]), (0, 0)))
+
+    return ResidentFeatures(windows={lvl: pad_rows(w) for lvl, w in chunk.windows.items()},
+                            offsets={lvl: np.pad(o, (0, pad)) for lvl, o in chunk.offsets.items()},
+                            counts={lvl: np.pad(c, (0, pad)) for lvl, c in chunk.counts.items()},
+                            labels=np.pad(chunk.labels, (0, pad)))
+
+
 def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epoch: int = 0,
                     mode: str = "auto", max_len: int = 16, noise_std: float = 0.0005,
                     process_index: int | None = None, process_count: int | None = None,
                     num_devices: int | None = None, levels: Sequence[str] | None = None,
                     resident: ResidentFeatures | None = None, num_threads: int = 4,
                     shuffle: bool | None = None, clip_subset: np.ndarray | None = None,
-                    start_step: int = 0, stop_step: int | None = None) -> Iterator[dict[str, Any]]:
+                    start_step: int = 0, stop_step: int | None = None,
+                    budget_bytes: int | None = None) -> Iterator[dict[str, Any]]:
     """Batches of one epoch as numpy dicts (see `sample_batch`); evaluation keeps list order.
 
     Every clip appears exactly once per epoch over all hosts; the last global batch is padded with
     `valid=False` rows. With `num_devices`, arrays get a leading (num_devices, per_device) layout.
+    `levels` defaults to all three in training and H in evaluation (the original evaluates H only).
     `clip_subset` restricts the epoch to those clip indices (e.g. a held-out validation part);
     `start_step`/`stop_step` select a range of the epoch's batches (resuming mid-epoch).
+    Resident mode reads the split once and keeps it on the device (cached on `split`).
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -71,23 +126,28 @@ def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epo
     indices, valid = batch_plan(order, global_batch=global_batch, process_index=process_index,
                                 process_count=process_count)
     indices, valid = indices[start_step:stop_step], valid[start_step:stop_step]
+    if num_devices is not None and indices.shape[1] % num_devices:
+        raise ValueError(f"local batch {indices.shape[1]} (global {global_batch} over {process_count} "
+                         f"processes) is not divisible by {num_devices} devices")
     noise = noise_std if train else 0.0
     sample = functools.partial(_sample_jit, seed=np.int32(seed), epoch=np.int32(epoch),
                                noise_std=np.float32(noise), train=train, max_len=max_len, levels=levels)
-    if choose_mode(split, mode) == "resident":
-        resident = resident or ResidentFeatures.from_split(split, levels)
+    if choose_mode(split, mode, budget_bytes) == "resident":
+        resident = resident_features(split, levels) if resident is None else jax.device_put(resident)
         for step_indices, step_valid in zip(indices, valid):
             yield _to_device_layout(sample(resident, step_indices, step_valid, step_indices), num_devices)
         return
 
     import grain
 
+    local_batch = indices.shape[1]
+
     def load(step: int) -> dict[str, Any]:
         step_indices, step_valid = indices[step], valid[step]
         unique, inverse = np.unique(step_indices, return_inverse=True)
-        records = split.read(unique)
-        chunk = ResidentFeatures.from_records(records, split.labels[unique], levels)
-        return jax.tree.map(np.asarray, sample(chunk, inverse.astype(np.int32), step_valid, step_indices))
+        chunk = _padded_chunk(split.read(unique), split.labels[unique], local_batch, levels)
+        batch = sample(chunk, inverse.astype(np.int32).reshape(-1), step_valid, step_indices)
+        return jax.tree.map(np.asarray, batch)
 
     dataset = grain.MapDataset.range(len(indices)).map(load).to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))

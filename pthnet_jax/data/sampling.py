@@ -7,6 +7,7 @@ gives a clip the same sample.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -63,11 +64,25 @@ class ResidentFeatures:
         return int(sum(np.asarray(w).nbytes for w in self.windows.values()))
 
 
-def segment_bounds(num_windows: jax.Array, num_steps: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """round_half_even(n * i / num) and round_half_even(n * (i + 1) / num), exactly, in integers.
+# Segment bounds of step counts that are not powers of two come from a float64 table up to this many
+# windows (longer clips use the exact rational rule, which can differ from float64 at exact halves).
+FLOAT64_TABLE_WINDOWS = 4096
 
-    The original computes `np.round(n / num * i)` in float64; with num a power of two (4, 8, 16) that
-    is exact, and so is this integer form for any num.
+
+@functools.lru_cache(maxsize=None)
+def _float64_bounds_table(num_steps: int) -> np.ndarray:
+    """(FLOAT64_TABLE_WINDOWS + 1, num_steps + 1): int(np.round(float(n) / num_steps * i)), as numpy does."""
+    seg = np.arange(FLOAT64_TABLE_WINDOWS + 1, dtype=np.float64)[:, None] / num_steps
+    return np.round(seg * np.arange(num_steps + 1, dtype=np.float64)).astype(np.int32)
+
+
+def segment_bounds(num_windows: jax.Array, num_steps: int, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Segment i's [start, end): np.round(n / num * i) and np.round(n / num * (i + 1)), as numpy float64.
+
+    With num a power of two (4, 8, 16 for the original's max_len 16) float64 computes n * i / num
+    exactly and rounds half to even, so the integer form below is bit-identical to numpy and needs no
+    float64 on the device (float32 would misround long clips). Other step counts can land a hair off
+    an exact half in float64; for them the bounds are looked up in a numpy-made float64 table.
     """
     def round_half_even(numerator):
         quotient, remainder = numerator // num_steps, numerator % num_steps
@@ -75,7 +90,15 @@ def segment_bounds(num_windows: jax.Array, num_steps: int, step: jax.Array) -> t
         up = (twice > num_steps) | ((twice == num_steps) & (quotient % 2 == 1))
         return quotient + up.astype(quotient.dtype)
 
-    return round_half_even(num_windows * step), round_half_even(num_windows * (step + 1))
+    num_windows = jnp.asarray(num_windows, jnp.int32)
+    start, end = round_half_even(num_windows * step), round_half_even(num_windows * (step + 1))
+    if num_steps & (num_steps - 1):  # not a power of two
+        table = jnp.asarray(_float64_bounds_table(num_steps))
+        row = jnp.clip(num_windows, 0, FLOAT64_TABLE_WINDOWS)
+        in_table = num_windows <= FLOAT64_TABLE_WINDOWS
+        start = jnp.where(in_table, table[row, step], start)
+        end = jnp.where(in_table, table[row, step + 1], end)
+    return start, end
 
 
 def pick_windows(key: jax.Array, num_windows: jax.Array, num_steps: int, train: bool) -> jax.Array:

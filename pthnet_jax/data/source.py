@@ -23,6 +23,8 @@ class FeatureSplit:
     num_windows: dict[str, np.ndarray]  # level -> (N,) int32
     dataset_info: dict[str, Any]
     source: Any  # random-access records (tfds ArrayRecordDataSource)
+    # Per-split memo of the pipelines (resident arrays); not part of the split's identity.
+    cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_clips(self) -> int:
@@ -33,6 +35,7 @@ class FeatureSplit:
         return len(self.class_names)
 
     def feature_bytes(self) -> int:
+        """Size of all windows of all levels as float32."""
         return int(sum(c.sum() for c in self.num_windows.values())) * self.feature_dim * 4
 
     def read(self, indices) -> list[dict[str, Any]]:
