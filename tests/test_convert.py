@@ -203,6 +203,14 @@ def test_cli_and_load_model(tmp_path, reference_model, capsys):
     assert "exists" in capsys.readouterr().err
     assert convert_main([str(tmp_path / "ckpt"), str(tmp_path / "back.pth")]) == 0
     assert convert_main([str(tmp_path / "nope.pth"), str(tmp_path / "x")]) == 2
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(source.read_bytes()[:100])
+    assert convert_main([str(corrupt), str(tmp_path / "ckpt"), "--force"]) == 2
+    assert "corrupt.pth" in capsys.readouterr().err
+    assert (tmp_path / "ckpt" / "pthnet").is_dir()  # a failed --force leaves the old DST intact
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+    assert convert_main([str(source), str(tmp_path / "ckpt"), "--force"]) == 0
+    assert convert_main([str(tmp_path / "ckpt"), str(tmp_path / "back.pth"), "--force"]) == 0
 
     rng = np.random.default_rng(0)
     features = {"H": rng.normal(size=(BATCH, 16, TINY.n_in)).astype(np.float32)}
