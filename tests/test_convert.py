@@ -110,6 +110,16 @@ def test_strided_tensor_views(tmp_path):
     np.testing.assert_array_equal(loaded["slice"], base[1:, ::2].numpy())
 
 
+def test_storage_dtypes(tmp_path):
+    values = torch.linspace(-3, 3, 12).reshape(3, 4)
+    torch.save({"bf16": values.bfloat16(), "long": torch.arange(5), "bool": values > 0}, tmp_path / "d.pth")
+    loaded = read_torch_file(tmp_path / "d.pth")
+    assert str(loaded["bf16"].dtype) == "bfloat16"
+    np.testing.assert_array_equal(loaded["bf16"].astype(np.float32), values.bfloat16().float().numpy())
+    np.testing.assert_array_equal(loaded["long"], np.arange(5))
+    np.testing.assert_array_equal(loaded["bool"], (values > 0).numpy())
+
+
 class _Evil:
     def __init__(self, call, argument):
         self.call, self.argument = call, argument
@@ -159,6 +169,10 @@ def test_truncated_and_corrupt_files(tmp_path, reference_model):
     not_torch.write_text("hello")
     with pytest.raises(CheckpointReadError, match="not a zip archive"):
         import_pth(not_torch)
+    legacy = tmp_path / "legacy.pth"
+    torch.save(reference_model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointReadError, match="legacy.pth: not a zip archive.*legacy"):
+        import_pth(legacy)
 
 
 def test_wrong_shape_missing_and_unexpected_keys(tmp_path, reference_model):
