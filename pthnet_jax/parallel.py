@@ -14,13 +14,32 @@ import numpy as np
 AXIS = "devices"
 
 
-def maybe_initialize_distributed() -> None:
-    """Join a multi-process run when the environment describes one (PTHNET_COORDINATOR etc.)."""
+def maybe_initialize_distributed() -> bool:
+    """Join a multi-process run when the environment describes one; True if it did.
+
+    PTHNET_COORDINATOR=host:port, PTHNET_NUM_PROCESSES and PTHNET_PROCESS_ID name the run
+    explicitly; PTHNET_DISTRIBUTED=auto lets JAX detect a cluster (SLURM, TPU pods...).
+    On CPU, cross-process collectives need an implementation (gloo): without it a psum across
+    processes fails at run time.
+    """
     address = os.environ.get("PTHNET_COORDINATOR")
-    if address:
-        jax.distributed.initialize(coordinator_address=address,
-                                   num_processes=int(os.environ["PTHNET_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["PTHNET_PROCESS_ID"]))
+    auto = os.environ.get("PTHNET_DISTRIBUTED", "").lower() == "auto"
+    if not address and not auto:
+        return False
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or os.environ.get("PTHNET_CPU_COLLECTIVES"):
+        jax.config.update("jax_cpu_collectives_implementation",
+                          os.environ.get("PTHNET_CPU_COLLECTIVES", "gloo"))
+    if auto:
+        jax.distributed.initialize()
+        return True
+    missing = [name for name in ("PTHNET_NUM_PROCESSES", "PTHNET_PROCESS_ID") if name not in os.environ]
+    if missing:
+        raise RuntimeError(f"PTHNET_COORDINATOR={address} is set but {', '.join(missing)} is not; set "
+                           "all three to run on several processes")
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=int(os.environ["PTHNET_NUM_PROCESSES"]),
+                               process_id=int(os.environ["PTHNET_PROCESS_ID"]))
+    return True
 
 
 def local_device_count() -> int:

@@ -1,0 +1,137 @@
+"""Multi-host data parallelism: two processes on localhost (jax.distributed, gloo CPU collectives),
+two CPU devices each, take the same training steps as one process with four devices.
+
+The file is also the worker: `python tests/test_multihost.py WORKDIR` runs one process of the pair
+(its rank and the coordinator come from the PTHNET_* environment, as `pthnet train` reads them).
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+GLOBAL_BATCH = 16
+NUM_STEPS = 2
+# Step 2 is a partial last batch: 13 real clips, the padding falls on process 1's rows only.
+VALID = [np.ones(GLOBAL_BATCH, bool), np.arange(GLOBAL_BATCH) < 13]
+
+
+def _setup():
+    """The tiny model's initial train state, the pmapped step and the global batches (no data files)."""
+    import jax
+
+    from pthnet_jax import steps
+    from pthnet_jax.configs import tiny
+    from pthnet_jax.model import ModelConfig, PTHNet, init_variables
+    from pthnet_jax.optim import make_optimizer
+
+    # The tiny config, shallower still (compiling the step dominates this test): one layer per
+    # stage that has one, drop path on (branch_1 has it), so per-device RNG is covered too.
+    model_config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": (1, 1, 1, 0)})
+    model = PTHNet(model_config)
+    optimizer = make_optimizer(lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=(1,), gamma=0.1,
+                               steps_per_epoch=1)  # the lr changes between the two steps
+    state = steps.create_train_state(init_variables(model, jax.random.key(3))["params"], optimizer)
+    step_fn = steps.pmapped(steps.train_step, donate_state=True, model=model, optimizer=optimizer, seed=5)
+    rng = np.random.default_rng(11)
+    batches = []
+    for valid in VALID:
+        features, masks = {}, {}
+        for level, length in model_config.level_lengths.items():
+            counts = rng.integers(1, length + 1, GLOBAL_BATCH)
+            masks[level] = (np.arange(length)[None] < counts[:, None]) & valid[:, None]
+            features[level] = rng.normal(size=(GLOBAL_BATCH, length, model_config.n_in)).astype(np.float32)
+        labels = rng.integers(0, model_config.num_classes, GLOBAL_BATCH).astype(np.int32)
+        batches.append({"features": features, "masks": masks, "labels": np.where(valid, labels, 0),
+                        "valid": valid})
+    return state, step_fn, batches
+
+
+def _run_steps(process_index: int, process_count: int):
+    """NUM_STEPS steps; this process feeds its contiguous share of every global batch (as batch_plan)."""
+    import jax
+
+    from pthnet_jax import parallel
+
+    state, step_fn, batches = _setup()
+    share = GLOBAL_BATCH // process_count
+    replicated = parallel.replicate(state)
+    history = []
+    for batch in batches:
+        local = jax.tree.map(lambda x: x[process_index * share:(process_index + 1) * share], batch)
+        replicated, metrics = step_fn(replicated, parallel.shard(parallel.split_for_devices(local)))
+        history.append(parallel.unreplicate(metrics))
+    return parallel.unreplicate(replicated.params), history
+
+
+def _flat(params) -> dict:
+    import jax
+
+    return {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def _worker(out_dir: Path) -> None:
+    from pthnet_jax import parallel
+
+    assert parallel.maybe_initialize_distributed(), "the PTHNET_* environment is missing"
+    import jax
+
+    assert jax.process_count() == 2 and jax.local_device_count() == 2 and jax.device_count() == 4
+    params, history = _run_steps(jax.process_index(), jax.process_count())
+    if jax.process_index() == 0:
+        metrics = {f"metrics/{i}/{k}": np.asarray(v) for i, step in enumerate(history) for k, v in step.items()}
+        np.savez(out_dir / "process0.npz", **_flat(params), **metrics)
+    jax.distributed.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_take_the_single_process_steps(tmp_path):
+    import jax
+
+    port = _free_port()
+    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    workers = []
+    for rank in range(2):
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PTHNET_COORDINATOR": f"localhost:{port}",
+               "PTHNET_NUM_PROCESSES": "2", "PTHNET_PROCESS_ID": str(rank),
+               "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count=2".strip()}
+        log = open(tmp_path / f"worker{rank}.log", "w")
+        workers.append((subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, stdout=log,
+                                         stderr=subprocess.STDOUT), log))
+    # The single-process reference (4 local devices from conftest) runs while the workers compile.
+    assert jax.local_device_count() == 4
+    reference_params, reference_history = _run_steps(0, 1)
+    for process, log in workers:
+        try:
+            process.wait(timeout=300)
+        finally:
+            process.kill()
+            log.close()
+    logs = "\n".join((tmp_path / f"worker{r}.log").read_text()[-3000:] for r in range(2))
+    assert all(p.returncode == 0 for p, _ in workers), f"a worker failed:\n{logs}"
+
+    result = np.load(tmp_path / "process0.npz")
+    expected = _flat(reference_params)
+    assert set(expected) <= set(result.files)
+    for name, value in expected.items():
+        np.testing.assert_allclose(result[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
+    for i, step in enumerate(reference_history):
+        assert float(result[f"metrics/{i}/count"]) == float(VALID[i].sum())
+        for key, value in step.items():
+            np.testing.assert_allclose(result[f"metrics/{i}/{key}"], value, rtol=1e-5, err_msg=key)
+    # The steps did something: the parameters moved away from their initial values.
+    initial = _flat(_setup()[0].params)
+    assert any(not np.allclose(initial[name], expected[name]) for name in expected)
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
