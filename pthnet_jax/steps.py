@@ -54,7 +54,7 @@ def train_step(state: TrainState, batch: dict[str, Any], *, model: PTHNet,
     correct = (jnp.argmax(logits["H"], -1) == batch["labels"]).astype(jnp.float32) * weights
     metrics = {name: parallel.global_sum(jnp.sum(value * weights)) for name, value in terms.items()}
     metrics.update(correct=parallel.global_sum(correct.sum()), count=count,
-                   grad_norm=optax.global_norm(grads))
+                   grad_norm=optax.tree.norm(grads))
     return TrainState(state.step + 1, params, opt_state), metrics
 
 

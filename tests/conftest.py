@@ -1,6 +1,9 @@
-"""Test-wide setup: four fake CPU devices, set before JAX is first imported."""
+"""Test-wide setup, before JAX is first imported: four fake CPU devices, fast XLA compiles, and a
+compilation cache shared by the tests of one session (the tiny model's step compiles once)."""
 import os
+import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("PTHNET_COMPILATION_CACHE", tempfile.mkdtemp(prefix="pthnet-test-xla-cache-"))

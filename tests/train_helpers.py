@@ -1,0 +1,42 @@
+"""Shared bits of the training tests: one tiny synthetic dataset and one train step runner."""
+import numpy as np
+
+from pthnet_jax.configs import tiny
+from pthnet_jax.data.importer import import_features
+from pthnet_jax.data.synth import synthesize
+
+DIM = 16
+
+
+def make_dataset(base, clips=40, test_clips=13):
+    root = synthesize(base / "root", "FERv39k", clips=clips, test_clips=test_clips, feature_dim=DIM,
+                      reverse=True, quiet=True, signal=3.0)
+    forward = import_features("FERv39k", root, base / "data", feature_dim=DIM, quiet=True)
+    backward = import_features("FERv39k", root, base / "data_rv", feature_dim=DIM, reverse=True, quiet=True)
+    return forward, backward
+
+
+def tiny_config(data_dir, **overrides):
+    config = tiny.get_config()
+    config.data.data_dir = str(data_dir)
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def random_batch(config, batch, seed, valid=None):
+    """A global batch in the model's input format, generated independently of the pipeline."""
+    rng = np.random.default_rng(seed)
+    features, masks = {}, {}
+    for level, length in {"L": 4, "M": 8, "H": 16}.items():
+        counts = rng.integers(1, length + 1, batch)
+        masks[level] = np.arange(length)[None] < counts[:, None]
+        features[level] = (rng.normal(size=(batch, length, config.model.n_in)) * masks[level][..., None]
+                           ).astype(np.float32)
+    return {"features": features, "masks": masks,
+            "labels": rng.integers(0, config.model.num_classes, batch).astype(np.int32),
+            "valid": np.ones(batch, bool) if valid is None else valid}
