@@ -256,24 +256,42 @@ def _check_finite(metrics: dict[str, np.ndarray], step: int) -> None:
 
 # ---- command line -----------------------------------------------------------------------------------
 
+USAGE = ("usage: pthnet train --config configs/NAME.py --data DATA_DIR --workdir DIR [--config.a.b=value ...]"
+         "\n  (config fields are locked: an override must name an existing field)")
+
+
+def flag_error_text(err: BaseException) -> str:
+    """absl wraps ml-collections' KeyError ('lrr' / Did you mean "lr"?) in other errors: unwrap it."""
+    while err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return f"bad config override: {text}" if isinstance(err, KeyError) else str(text)
+
+
 def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
     """`--config FILE --data DIR --workdir DIR` plus locked `--config.a.b=v` overrides (absl flags)."""
     from absl import flags
     from ml_collections import config_flags
 
     values = flags.FlagValues()
+    argv = ["pthnet train", *argv]
+    # sys_argv: ml-collections looks for the --config.a.b=v overrides in this list (by default it reads
+    # the process's sys.argv, which is not what `main(argv)` was given).
     config_flags.DEFINE_config_file("config", None, "ml-collections config file", flag_values=values,
-                                    lock_config=True)
+                                    lock_config=True, sys_argv=argv)
     flags.DEFINE_string("data", None, "data directory written by `pthnet import-features`", flag_values=values)
     flags.DEFINE_string("workdir", None, "where checkpoints, logs and plots go", flag_values=values)
+    if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
+        raise SystemExit(f"{USAGE}\n\n{values.get_help(include_special_flags=False)}")
     try:
-        values(["pthnet train", *argv])
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as err:
-        raise SystemExit(f"pthnet train: {err}")
-    if values.config is None or values.workdir is None:
-        raise SystemExit("usage: pthnet train --config configs/NAME.py --data DATA_DIR --workdir DIR "
-                         "[--config.a.b=value ...]")
-    config = values.config
+        values(argv)
+        config = values.config
+        if config is not None:
+            config.to_dict()  # a file that failed to load raises only on first use: surface it here
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as err:
+        raise SystemExit(f"pthnet train: {flag_error_text(err)}\n{USAGE}")
+    if config is None or values.workdir is None:
+        raise SystemExit(USAGE)
     if values.data:
         with config.unlocked():
             config.data.data_dir = values.data
