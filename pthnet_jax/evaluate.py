@@ -88,6 +88,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
             "metrics": classification_metrics(logits, labels, split.num_classes)}
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
     import matplotlib
 
@@ -109,8 +115,10 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title
                         color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def plot_mu_sweep(rows: list[dict[str, float]], path: Path) -> None:
@@ -124,8 +132,10 @@ def plot_mu_sweep(rows: list[dict[str, float]], path: Path) -> None:
     ax.plot([r["mu"] for r in rows], [r["WAR"] for r in rows], "s-", label="WAR")
     ax.set_xlabel("mu (weight of the forward model)"), ax.set_ylabel("%"), ax.grid(alpha=0.3), ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=None, rv_data=None,
@@ -150,18 +160,20 @@ def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=Non
         if sweep:
             result["mu_sweep"] = mu_sweep(forward["logits"], backward["logits"], forward["labels"],
                                           split_info.num_classes)
+            _atomic_write_text(output / "mu_sweep.json", json.dumps(result["mu_sweep"], indent=2))
             plot_mu_sweep(result["mu_sweep"], output / "mu_sweep.png")
     elif sweep:
         raise ValueError("--mu-sweep needs --rv-checkpoint (it sweeps the fusion weight)")
     result["split"] = split
     result["checkpoint"] = str(checkpoint)
     result["class_names"] = split_info.class_names
-    tmp = output / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, output / "metrics.json")
-    np.savez(output / "predictions.npz", **arrays)
+    # Predictions first, metrics.json last: a metrics.json on disk means the whole output is there.
+    tmp_npz = output / ".predictions.tmp.npz"
+    np.savez(tmp_npz, **arrays)
+    os.replace(tmp_npz, output / "predictions.npz")
     plot_confusion(np.array(result["confusion_matrix"]), split_info.class_names, output / "confusion_matrix.png",
                    f"UAR {result['UAR']:.2f}  WAR {result['WAR']:.2f}")
+    _atomic_write_text(output / "metrics.json", json.dumps(result, indent=2))
     return result
 
 
