@@ -11,6 +11,8 @@ import tensorflow_datasets as tfds
 from pthnet_jax.data.lists import LEVELS, Clip
 
 DATASET_NAME = "pthnet_features"
+# Records go to a new array_record shard after this many bytes.
+SHARD_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(eq=False)
@@ -52,8 +54,10 @@ class PthnetFeatures(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
-        level_features = {f"features_{lvl}": tfds.features.Tensor(shape=(None, cfg.feature_dim), dtype=np.float32)
-                          for lvl in LEVELS}
+        # Raw bytes: ~50x faster to serialize than a float list, same size.
+        windows = tfds.features.Tensor(shape=(None, cfg.feature_dim), dtype=np.float32,
+                                       encoding=tfds.features.Encoding.BYTES)
+        level_features = {f"features_{lvl}": windows for lvl in LEVELS}
         counts = {f"num_windows_{lvl}": np.int32 for lvl in LEVELS}
         metadata = tfds.core.MetadataDict(
             benchmark=cfg.benchmark, fold=cfg.fold, label_set=cfg.label_set, face=cfg.face,
@@ -86,6 +90,52 @@ class PthnetFeatures(tfds.core.GeneratorBasedBuilder):
                 record[f"num_windows_{level}"] = clip.num_windows[level]
                 record[f"features_{level}"] = windows[level]
             yield clip.list_index, record
+
+    def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
+                              download_config: tfds.download.DownloadConfig) -> None:
+        """Streams each split's records into array_record shards in list order.
+
+        TFDS's own writer buffers a whole split in memory and spills to disk through TensorFlow,
+        which is not installed; records here are written as they are read, shards cut by size.
+        """
+        del dl_manager, download_config
+        from tensorflow_datasets.core import example_serializer
+        from tensorflow_datasets.core import splits as splits_lib
+
+        serializer = example_serializer.ExampleSerializer(self.info.features.get_serialized_info())
+        infos = [self._write_split(split, self._generate_examples(split, clips), serializer)
+                 for split, (clips, _) in self.builder_config.splits.items()]
+        self.info.set_splits(splits_lib.SplitDict(infos))
+
+    def _write_split(self, split: str, examples: Iterator[tuple[int, dict[str, Any]]], serializer):
+        from array_record.python.array_record_module import ArrayRecordWriter
+        from tensorflow_datasets.core import splits as splits_lib
+
+        template = self._get_filename_template(split_name=split)
+        partial_paths, lengths, total_bytes = [], [], 0
+        writer, shard_bytes = None, 0
+        try:
+            for _, example in examples:
+                if writer is None or shard_bytes >= SHARD_BYTES:
+                    if writer is not None:
+                        writer.close()
+                    partial_paths.append(Path(template.data_dir) / f".{split}-shard{len(partial_paths)}.partial")
+                    writer, shard_bytes = ArrayRecordWriter(str(partial_paths[-1]), "group_size:1"), 0
+                    lengths.append(0)
+                data = serializer.serialize_example(self.info.features.encode_example(example))
+                writer.write(data)
+                lengths[-1] += 1
+                shard_bytes += len(data)
+                total_bytes += len(data)
+        finally:
+            if writer is not None:
+                writer.close()
+        if not lengths:
+            raise ValueError(f"split {split!r} has no valid clips to import")
+        for index, partial in enumerate(partial_paths):
+            partial.rename(template.sharded_filepath(shard_index=index, num_shards=len(partial_paths)))
+        return splits_lib.SplitInfo(name=split, shard_lengths=lengths, num_bytes=total_bytes,
+                                    filename_template=template)
 
 
 def find_dataset_dir(path: str | Path) -> Path:

@@ -11,12 +11,11 @@ from typing import Any, Iterator, Sequence
 import jax
 import numpy as np
 
-from pthnet_jax.data.sampling import LEVELS, ResidentFeatures, batch_plan, epoch_order, sample_batch
+from pthnet_jax.data.sampling import (LEVELS, ResidentFeatures, batch_plan, epoch_order, finish_batch,
+                                      level_lengths, sample_batch, sample_positions)
 
 # Resident when the features take less than this share of the machine's memory (auto mode).
 RESIDENT_MEMORY_FRACTION = 0.25
-# Streaming batches pad their windows to a power of two at least this large: few compilations.
-_MIN_STREAM_ROWS = 64
 
 
 def _total_memory() -> int:
@@ -81,23 +80,42 @@ def _to_device_layout(batch: dict[str, Any], num_devices: int | None) -> dict[st
     return jax.tree.map(lambda x: x.reshape(num_devices, local // num_devices, *x.shape[1:]), batch)
 
 
-def _padded_chunk(records: list[dict[str, Any]], labels: np.ndarray, size: int, levels: Sequence[str]
-                  ) -> ResidentFeatures:
-    """A per-batch resident set with fixed-size clip arrays and power-of-two window rows.
+@functools.partial(jax.jit, static_argnames=("train", "max_len", "levels"))
+def _positions_jit(counts, clip_ids, valid, seed, epoch, *, train, max_len, levels):
+    return sample_positions(counts, clip_ids, valid, seed=seed, epoch=epoch, train=train, max_len=max_len,
+                            levels=levels)
 
-    Fixed shapes keep the jitted sampler to a handful of compilations; padding rows are never read.
+
+@functools.partial(jax.jit, static_argnames=("train",))
+def _finish_jit(gathered, masks, labels, valid, clip_ids, seed, epoch, noise_std, *, train):
+    return finish_batch(gathered, masks, labels, valid, clip_ids, seed=seed, epoch=epoch, train=train,
+                        noise_std=noise_std)
+
+
+def _streamed_batch(split, indices: np.ndarray, valid: np.ndarray, *, seed: int, epoch: int, train: bool,
+                    max_len: int, noise_std: float, levels: tuple[str, ...]) -> dict[str, Any]:
+    """One batch from records read now: the same positions and noise as `sample_batch`.
+
+    Window positions come from the jitted sampler (fixed shapes, one compilation), the windows are
+    gathered on the host from the decoded records, and padding/noise are applied by the same jitted
+    code the resident path runs.
     """
-    chunk = ResidentFeatures.from_records(records, labels, levels)
-    pad = size - len(records)
-
-    def pad_rows(windows: np.ndarray) -> np.ndarray:
-        rows = max(_MIN_STREAM_ROWS, 1 << max(0, int(windows.shape[0]) - 1).bit_length())
-        return np.pad(windows, ((0, rows - windows.shape[0]), (0, 0)))
-
-    return ResidentFeatures(windows={lvl: pad_rows(w) for lvl, w in chunk.windows.items()},
-                            offsets={lvl: np.pad(o, (0, pad)) for lvl, o in chunk.offsets.items()},
-                            counts={lvl: np.pad(c, (0, pad)) for lvl, c in chunk.counts.items()},
-                            labels=np.pad(chunk.labels, (0, pad)))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    records = split.read(unique)
+    inverse = inverse.reshape(-1)
+    counts = {lvl: np.array([records[i][f"num_windows_{lvl}"] for i in inverse], np.int32) for lvl in levels}
+    positions = jax.device_get(_positions_jit(counts, indices, valid, np.int32(seed), np.int32(epoch),
+                                              train=train, max_len=max_len, levels=levels))
+    gathered, masks = {}, {}
+    for level, (picks, mask) in positions.items():
+        windows = np.zeros((len(indices), level_lengths(max_len)[level], split.feature_dim), np.float32)
+        for row, (record_index, row_picks, row_mask) in enumerate(zip(inverse, picks, mask)):
+            taken = int(row_mask.sum())  # picks are at the front
+            windows[row, :taken] = records[record_index][f"features_{level}"][row_picks[:taken]]
+        gathered[level], masks[level] = windows, mask
+    batch = _finish_jit(gathered, masks, split.labels[indices], valid, indices, np.int32(seed), np.int32(epoch),
+                        np.float32(noise_std), train=train)
+    return jax.device_get(batch)
 
 
 def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epoch: int = 0,
@@ -140,14 +158,9 @@ def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epo
 
     import grain
 
-    local_batch = indices.shape[1]
-
     def load(step: int) -> dict[str, Any]:
-        step_indices, step_valid = indices[step], valid[step]
-        unique, inverse = np.unique(step_indices, return_inverse=True)
-        chunk = _padded_chunk(split.read(unique), split.labels[unique], local_batch, levels)
-        batch = sample(chunk, inverse.astype(np.int32).reshape(-1), step_valid, step_indices)
-        return jax.tree.map(np.asarray, batch)
+        return _streamed_batch(split, indices[step], valid[step], seed=seed, epoch=epoch, train=train,
+                               max_len=max_len, noise_std=noise, levels=levels)
 
     dataset = grain.MapDataset.range(len(indices)).map(load).to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))

@@ -122,37 +122,75 @@ def clip_key(seed, epoch, clip_index, level: str) -> jax.Array:
     return jax.random.fold_in(key, _LEVEL_IDS[level])
 
 
+def _level_keys(seed, epoch, clip_ids: jax.Array, level: str) -> tuple[jax.Array, jax.Array]:
+    """Per clip of a batch: the key that picks windows and the key of the training noise."""
+    keys = jax.vmap(lambda c: clip_key(seed, epoch, c, level))(clip_ids)
+    pick_keys, noise_keys = jax.vmap(jax.random.split)(keys).transpose(1, 0)
+    return pick_keys, noise_keys
+
+
+def sample_positions(counts: dict[str, Any], clip_ids, valid, *, seed, epoch, train: bool,
+                     max_len: int = 16, levels: Sequence[str] = LEVELS) -> dict[str, tuple[Any, Any]]:
+    """Which windows a batch takes: level -> (window index within the clip (B, T), mask (B, T)).
+
+    `counts`: level -> (B,) windows of each clip. Pure and jittable; masked positions hold 0.
+    """
+    clip_ids = jnp.asarray(clip_ids, jnp.int32)
+    valid = jnp.asarray(valid, bool)
+    lengths = level_lengths(max_len)
+    positions = {}
+    for level in levels:
+        num_steps = lengths[level]
+        level_counts = jnp.asarray(counts[level], jnp.int32)
+        pick_keys, _ = _level_keys(seed, epoch, clip_ids, level)
+        picks = jax.vmap(lambda k, n: pick_windows(k, n, num_steps, train))(pick_keys, level_counts)
+        mask = (jnp.arange(num_steps)[None] < jnp.minimum(level_counts, num_steps)[:, None]) & valid[:, None]
+        positions[level] = (jnp.where(mask, picks, 0), mask)
+    return positions
+
+
+def finish_batch(gathered: dict[str, Any], masks: dict[str, Any], labels, valid, clip_ids, *, seed, epoch,
+                 train: bool, noise_std: float = 0.0005) -> dict[str, Any]:
+    """Zero the padding, add the training noise, and pack the batch dict (see `sample_batch`)."""
+    clip_ids = jnp.asarray(clip_ids, jnp.int32)
+    valid = jnp.asarray(valid, bool)
+    features = {}
+    for level, windows in gathered.items():
+        mask = jnp.asarray(masks[level], bool)
+        windows = jnp.where(mask[..., None], jnp.asarray(windows).astype(jnp.float32), 0.0)
+        if train:  # noise on the whole padded array, padding included (as-is)
+            _, noise_keys = _level_keys(seed, epoch, clip_ids, level)
+            shape = windows.shape[1:]
+            noise = jax.vmap(lambda k: jax.random.normal(k, shape))(noise_keys)
+            windows = windows + noise_std * noise
+        features[level] = windows
+    labels = jnp.where(valid, jnp.asarray(labels, jnp.int32), 0)
+    return {"features": features, "masks": {lvl: jnp.asarray(m, bool) for lvl, m in masks.items()},
+            "labels": labels, "valid": valid, "index": clip_ids}
+
+
 def sample_batch(resident: ResidentFeatures, indices, valid, *, seed, epoch, train: bool,
                  max_len: int = 16, noise_std: float = 0.0005, levels: Sequence[str] = LEVELS,
                  clip_ids=None) -> dict[str, Any]:
     """A batch for clip `indices` (rows of `resident`): features, masks, labels, valid, index.
 
-    Pure and jittable. `clip_ids` (defaults to `indices`) are the clips' indices in the split, used
-    for the random keys; the streaming path passes them while `indices` point into a per-batch set.
+    Pure and jittable: features {level: (B, T_level, D) float32}, masks {level: (B, T_level) bool},
+    labels (B,) int32 (0 where not valid), valid (B,), index (B,) = `clip_ids`. Random choices
+    depend only on (seed, epoch, clip id, level). `clip_ids` (defaults to `indices`) are the clips'
+    indices in the split, for when `indices` point into a subset held in `resident`.
     """
     indices = jnp.asarray(indices, jnp.int32)
     clip_ids = indices if clip_ids is None else jnp.asarray(clip_ids, jnp.int32)
-    valid = jnp.asarray(valid, bool)
-    lengths = level_lengths(max_len)
-    features, masks = {}, {}
-    for level in levels:
-        num_steps = lengths[level]
-        counts = resident.counts[level][indices]
-        offsets = resident.offsets[level][indices]
-        keys = jax.vmap(lambda c: clip_key(seed, epoch, c, level))(clip_ids)
-        pick_keys, noise_keys = jax.vmap(lambda k: jax.random.split(k))(keys).transpose(1, 0)
-        picks = jax.vmap(lambda k, n: pick_windows(k, n, num_steps, train))(pick_keys, counts)
-        mask = (jnp.arange(num_steps)[None] < jnp.minimum(counts, num_steps)[:, None]) & valid[:, None]
-        rows = jnp.where(mask, offsets[:, None] + picks, 0)
-        gathered = jnp.asarray(resident.windows[level])[rows].astype(jnp.float32)
-        gathered = jnp.where(mask[..., None], gathered, 0.0)
-        if train:  # noise on the whole padded array, padding included (as-is)
-            dim = gathered.shape[-1]
-            noise = jax.vmap(lambda k: jax.random.normal(k, (num_steps, dim)))(noise_keys)
-            gathered = gathered + noise_std * noise
-        features[level], masks[level] = gathered, mask
-    labels = jnp.where(valid, jnp.asarray(resident.labels)[indices], 0)
-    return {"features": features, "masks": masks, "labels": labels, "valid": valid, "index": clip_ids}
+    counts = {lvl: resident.counts[lvl][indices] for lvl in levels}
+    positions = sample_positions(counts, clip_ids, valid, seed=seed, epoch=epoch, train=train,
+                                 max_len=max_len, levels=levels)
+    gathered, masks = {}, {}
+    for level, (picks, mask) in positions.items():
+        rows = resident.offsets[level][indices][:, None] + picks
+        gathered[level] = jnp.asarray(resident.windows[level])[rows]
+        masks[level] = mask
+    return finish_batch(gathered, masks, jnp.asarray(resident.labels)[indices], valid, clip_ids, seed=seed,
+                        epoch=epoch, train=train, noise_std=noise_std)
 
 
 def epoch_order(num_clips: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
