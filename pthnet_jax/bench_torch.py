@@ -102,8 +102,9 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=1e-4)
     train_set = NpyClipDataset(root, list_dir, train_list, train=True)
     test_set = NpyClipDataset(root, list_dir, test_list, train=False)
-    loader_args = dict(num_workers=num_workers, pin_memory=device != "cpu",
-                       persistent_workers=num_workers > 0)
+    # Workers are spawned, not forked: forking a process that has JAX's threads running can deadlock.
+    loader_args = dict(num_workers=num_workers, pin_memory=device != "cpu", persistent_workers=num_workers > 0,
+                       multiprocessing_context="spawn" if num_workers > 0 else None)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True,
                                                **loader_args)
     test_loader = torch.utils.data.DataLoader(test_set, batch_size=eval_batch_size, shuffle=False,
