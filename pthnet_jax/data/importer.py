@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import hashlib
+import io
+import logging
 import json
 import os
 import shutil
@@ -53,7 +57,7 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
 
     skipped: list[str] = []
     written: dict[str, list[Clip]] = {split: [] for split in SPLITS}
-    splits, list_files_by_split = {}, {}
+    splits, list_files_by_split, list_hashes = {}, {}, {}
     for split in SPLITS:
         list_name = bench.list_file(split, fold)
         list_files = {lvl: lists_dir / level_folder(lvl, face, reverse) / list_name for lvl in LEVELS}
@@ -64,6 +68,7 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
         clips = align_lists(list_files, len(names), on_error=(lambda e: skipped.append(str(e))) if skip_bad else None)
         splits[split] = (clips, list_files)
         list_files_by_split[split] = {lvl: str(p) for lvl, p in list_files.items()}
+        list_hashes[split] = {lvl: hashlib.sha256(p.read_bytes()).hexdigest() for lvl, p in list_files.items()}
 
     def load_clips(split: str, clips: list[Clip]) -> Iterator[tuple[Clip, dict[str, np.ndarray] | None]]:
         list_files = splits[split][1]
@@ -90,15 +95,17 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
         name=variant_name(bench, fold, face, reverse, label_set), benchmark=bench.name, fold=fold,
         label_set=label_set, face=face, reverse=reverse, class_names=tuple(names), feature_dim=feature_dim,
         splits=splits, load_clips=load_clips,
-        extra_metadata={"source_root": str(root), "list_files": list_files_by_split})
+        extra_metadata={"variant": variant_name(bench, fold, face, reverse, label_set), "source_root": str(root),
+                        "list_files": list_files_by_split, "list_sha256": list_hashes})
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
     started = time.perf_counter()
     tfds.disable_progress_bar()
     try:
-        builder = PthnetFeatures(data_dir=str(staging), config=config, file_format="array_record")
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=str(root), verify_ssl=False))
+        with _quiet_tfds():  # its messages name the staging directory; ours below names the result
+            builder = PthnetFeatures(data_dir=str(staging), config=config, file_format="array_record")
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                manual_dir=str(root), verify_ssl=False))
         _write_indices(find_dataset_dir(staging), written)
         if skipped:
             (staging / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1))
@@ -115,6 +122,19 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
         if skipped:
             print(f"skipped clips are listed in {out / 'skipped.json'}")
     return dataset_dir
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """Silence TFDS's progress prints and absl info/warnings while building."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _write_indices(dataset_dir: Path, written: dict[str, list[Clip]]) -> None:
