@@ -26,6 +26,7 @@ from pthnet_jax.data.benchmarks import class_names, get_benchmark, level_folder,
 from pthnet_jax.data.lists import LEVELS, Clip, DataListError, align_lists, load_features
 
 SPLITS = ("train", "test")
+READ_AHEAD_CLIPS = 128
 
 
 def default_lists_dir(root: Path, dataset: str, label_set: str | None) -> Path:
@@ -84,8 +85,9 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
                 return None
 
         with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:
-            for start in range(0, len(clips), 512):  # bounded read-ahead, order kept
-                chunk = clips[start:start + 512]
+            # Bounded read-ahead (long DFEW/MELD clips are MBs each), list order kept.
+            for start in range(0, len(clips), READ_AHEAD_CLIPS):
+                chunk = clips[start:start + READ_AHEAD_CLIPS]
                 for clip, windows in zip(chunk, pool.map(load, chunk)):
                     if windows is not None:
                         written[split].append(clip)
