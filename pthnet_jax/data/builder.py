@@ -39,17 +39,24 @@ class PthnetFeatures(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release: full window sequences per level, label, clip id."}
     BUILDER_CONFIGS = [PthnetFeaturesConfig(name="default")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
-    The features are not downloaded by TFDS. Get them in the original PTH-Net layout: a ROOT folder
-    holding `get_features/<BENCHMARK>/th14_vit_g_16_{4,8,16}[_face][_rv]/.../<clip>.npy` (one
-    (num_windows, 1408) float32 array per clip and level) and the data lists
-    `annotation/<BENCHMARK>/th14_vit_g_16_{4,8,16}[_face][_rv]/<list>.txt`.
-    - FERv39k: download the authors' released VideoMAE V2 features and unpack the archive into ROOT.
-    - Other benchmarks: extract the features yourself with VideoMAE V2 ViT-g
-      (vit_g_hybrid_pt_1200e_k710_ft), 16-frame windows whose starts are 4, 8 and 16 frames apart,
-      frames resized to 224x224, pixels in [0, 1]; the feature is fc_norm of the mean token.
-    - Without any download, `pthnet synth --out ROOT --like FERv39k` writes synthetic features in this
-      layout.
-    Then run `pthnet import-features --dataset NAME --root ROOT --out DATA_DIR`.
+    TFDS does not download these features. Put them in the original PTH-Net layout under a ROOT
+    folder; the paths in the data lists are relative to ROOT:
+      ROOT/get_features/<BENCHMARK>/.../th14_vit_g_16_{4,8,16}[_face][_rv]/.../<clip>.npy
+          one (num_windows, 1408) float32 array per clip and level;
+      ROOT/annotation/<BENCHMARK>[/single|/compound]/th14_vit_g_16_{4,8,16}[_face][_rv]/<list>.txt
+          lines `<npy path> <num_windows> <label>`; <list> is set_<k>_{train,test}.txt,
+          {train,test}_All.txt (FERv39k) or {train,test}.txt (MELD). The original release's
+          `annotation/` folder has these lists for all eight benchmarks.
+    - FERv39k: download the npy archive the PTH-Net authors released (Google Drive / 115 links in
+      their repository's README) and unzip it into ROOT/get_features/, so that
+      ROOT/get_features/FERv39k/th14_vit_g_16_4/... exists.
+    - Other benchmarks: extract the features with VideoMAE V2 ViT-g (vit_g_hybrid_pt_1200e_k710_ft):
+      16-frame windows starting every 4, 8 and 16 frames, frames resized to 224x224, pixels in
+      [0, 1]; the feature is fc_norm of the mean token. Write them where the lists point.
+    - Without any download, `pthnet synth --out ROOT --like FERv39k` writes synthetic features in
+      this layout.
+    Then run `pthnet import-features --dataset NAME --root ROOT --out DATA_DIR [--fold K] [--reverse]
+    [--face] [--label-set single|compound]`.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
