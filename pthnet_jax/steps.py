@@ -65,16 +65,29 @@ def train_chunk(state: TrainState, resident: ResidentFeatures, indices: jax.Arra
 
     indices/valid: (steps, per_device_batch) for this device. Returns per-step metrics (steps,).
     """
-    def body(carry, plan):
-        step_indices, step_valid = plan
+    def one_step(carry: TrainState, step_indices: jax.Array, step_valid: jax.Array):
         batch = sample_batch(resident, step_indices, step_valid, seed=seed, epoch=epoch, train=True,
                              max_len=max_len, noise_std=noise_std)
-        new, metrics = train_step(carry, batch, model=model, optimizer=optimizer, seed=seed)
-        # Chunks have a fixed length (one compilation); steps past the epoch's end are all padding
-        # and must leave the state untouched (no weight decay, no momentum, no step count).
-        real = metrics["count"] > 0
-        new = jax.tree.map(lambda updated, old: jnp.where(real, updated, old), new, carry)
-        return new, metrics
+        return train_step(carry, batch, model=model, optimizer=optimizer, seed=seed)
+
+    if indices.shape[0] == 1:
+        # No loop and no conditional: XLA:CPU runs the convolution gradients inside either about
+        # 30x slower than at the top level, so one step per call is the fast path there.
+        new, metrics = one_step(state, indices[0], valid[0])
+        return new, jax.tree.map(lambda x: x[None], metrics)
+
+    def body(carry, plan):
+        step_indices, step_valid = plan
+        # Chunks have a fixed length (one compilation); steps past the epoch's end are all padding:
+        # skip them (no compute, and no weight decay, momentum or step count). Every device of every
+        # process takes the same branch because the decision is a global sum.
+        real = parallel.global_sum(jnp.any(step_valid).astype(jnp.int32)) > 0
+        shapes = jax.eval_shape(one_step, carry, step_indices, step_valid)[1]
+
+        def skip(carry):
+            return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        return jax.lax.cond(real, lambda c: one_step(c, step_indices, step_valid), skip, carry)
 
     return jax.lax.scan(body, state, (indices, valid))
 
