@@ -184,7 +184,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--torch-device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="also run JAX in bfloat16 and report the drift")
-    parser.add_argument("--steps-per-dispatch", type=int, default=64)
+    parser.add_argument("--steps-per-dispatch", type=int, default=0,
+                        help="training steps per device call (0: auto, 1 on CPU and 32 elsewhere)")
     parser.add_argument("--eval-batch", type=int, default=2048)
     parser.add_argument("--output", type=Path, help="JSON results (default WORKDIR/results.json)")
     args = parser.parse_args(argv)
