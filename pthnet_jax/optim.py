@@ -2,6 +2,7 @@
 parameter, and a MultiStepLR schedule stepped once per epoch (spec §3)."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import optax
@@ -21,6 +22,14 @@ def make_optimizer(*, lr: float, momentum: float, weight_decay: float, milestone
     torch adds `weight_decay * param` to the gradient before the momentum buffer: that is
     `add_decayed_weights` first, then the momentum trace, then the learning rate.
     """
+    # One object per distinct setting, so the pmapped steps built on it are reused (steps.pmapped).
+    return _cached_optimizer(float(lr), float(momentum), float(weight_decay),
+                             tuple(int(m) for m in milestones), float(gamma), int(steps_per_epoch))
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_optimizer(lr: float, momentum: float, weight_decay: float, milestones: tuple[int, ...],
+                      gamma: float, steps_per_epoch: int) -> optax.GradientTransformation:
     schedule = multistep_schedule(lr, milestones, gamma, steps_per_epoch)
     return optax.chain(optax.add_decayed_weights(weight_decay),
                        optax.sgd(schedule, momentum=momentum or None, nesterov=False))

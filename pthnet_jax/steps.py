@@ -21,6 +21,10 @@ from pthnet_jax.losses import per_clip_loss
 from pthnet_jax.model import PTHNet
 
 
+# Per-step training metrics (sums over the valid clips of the global batch, plus counts and norms).
+TRAIN_METRICS = ("ce", "kl_L", "kl_M", "total", "correct", "count", "grad_norm")
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -82,10 +86,9 @@ def train_chunk(state: TrainState, resident: ResidentFeatures, indices: jax.Arra
         # skip them (no compute, and no weight decay, momentum or step count). Every device of every
         # process takes the same branch because the decision is a global sum.
         real = parallel.global_sum(jnp.any(step_valid).astype(jnp.int32)) > 0
-        shapes = jax.eval_shape(one_step, carry, step_indices, step_valid)[1]
 
-        def skip(carry):
-            return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        def skip(carry):  # the metric names are static: tracing the step a second time costs seconds
+            return carry, {name: jnp.zeros((), jnp.float32) for name in TRAIN_METRICS}
 
         return jax.lax.cond(real, lambda c: one_step(c, step_indices, step_valid), skip, carry)
 
@@ -108,6 +111,19 @@ def predict_resident(params: Any, resident: ResidentFeatures, indices: jax.Array
 
 
 def pmapped(function, *, donate_state: bool = False, **bound) -> Any:
-    """pmap over the local devices with keyword dependencies bound (static)."""
-    return jax.pmap(functools.partial(function, **bound), axis_name=parallel.AXIS,
+    """pmap over the local devices with keyword dependencies bound (static).
+
+    The same function and dependencies give the same pmapped object, so a second run in one process
+    (the folds of a multi-fold protocol, a resumed run, tests) reuses the traced and compiled program
+    instead of tracing the model again (seconds on CPU).
+    """
+    try:
+        return _pmapped_cached(function, donate_state, tuple(sorted(bound.items())))
+    except TypeError:  # an unhashable dependency: no reuse
+        return _pmapped_cached.__wrapped__(function, donate_state, tuple(sorted(bound.items())))
+
+
+@functools.lru_cache(maxsize=32)
+def _pmapped_cached(function, donate_state: bool, bound: tuple[tuple[str, Any], ...]) -> Any:
+    return jax.pmap(functools.partial(function, **dict(bound)), axis_name=parallel.AXIS,
                     donate_argnums=(0,) if donate_state else ())
