@@ -13,7 +13,10 @@ from pathlib import Path
 
 
 def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int | None = None,
-             feature_dim: int = 1408, seed: int = 0, overrides: dict | None = None) -> dict:
+             feature_dim: int = 1408, seed: int = 0, signal: float | None = None,
+             overrides: dict | None = None) -> dict:
+    """Synthesize (unless WORKDIR/data exists), import, train with configs/demo.py, evaluate the best
+    checkpoint; returns the evaluation's metrics. `signal` scales the synthetic class signal."""
     from pthnet_jax.configs import demo as demo_config
     from pthnet_jax.data.importer import import_features
     from pthnet_jax.data.synth import synthesize
@@ -25,8 +28,11 @@ def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int
     root, data_dir, run_dir = workdir / "features", workdir / "data", workdir / "run"
     if not data_dir.exists():
         shutil.rmtree(root, ignore_errors=True)
-        synthesize(root, "FERv39k", clips=clips, feature_dim=feature_dim, seed=seed, reverse=False)
+        extra = {} if signal is None else {"signal": signal}
+        synthesize(root, "FERv39k", clips=clips, feature_dim=feature_dim, seed=seed, reverse=False, **extra)
         import_features("FERv39k", root, data_dir, feature_dim=feature_dim)
+    else:
+        print(f"reusing the synthetic data in {data_dir} (delete it to synthesize again)")
     config = demo_config.get_config()
     config.data.data_dir = str(data_dir)
     config.model.n_in = feature_dim
@@ -39,7 +45,8 @@ def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int
         for name in parents:
             node = node[name]
         node[leaf] = value
-    train_and_evaluate(config, run_dir)
+    if train_and_evaluate(config, run_dir).get("interrupted"):
+        return {}
     result = run_evaluation(run_dir / "best", data_dir, workdir / "evaluation")
     chance = 100.0 / len(result["class_names"])
     print(f"\npthnet demo finished in {time.perf_counter() - started:.0f}s: test UAR {result['UAR']:.2f}  "

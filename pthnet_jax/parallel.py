@@ -66,8 +66,16 @@ def replicate(tree: Any) -> Any:
 
 
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy, as host numpy arrays."""
-    return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+    """The first local device's copy, as host numpy arrays.
+
+    Reads the device buffer directly: `x[0]` would dispatch a slicing computation per leaf.
+    """
+    def first(x):
+        if isinstance(x, jax.Array):  # pmap outputs hold (...) per device, our placements (1, ...)
+            return np.asarray(x.addressable_data(0)).reshape(x.shape[1:])
+        return np.asarray(x)[0]
+
+    return jax.tree.map(first, tree)
 
 
 def shard(tree: Any) -> Any:

@@ -138,8 +138,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     optimizer = make_optimizer(lr=config.optim.lr, momentum=config.optim.momentum,
                                weight_decay=config.optim.weight_decay, milestones=config.optim.milestones,
                                gamma=config.optim.gamma, steps_per_epoch=steps_per_epoch)
-    params = init_variables(model, jax.random.key(tcfg.seed))["params"]
-    state = steps.create_train_state(params, optimizer)
+    # One compiled program: initialising eagerly compiles hundreds of tiny ones (seconds on CPU).
+    state = jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"], optimizer))(
+        jax.random.key(tcfg.seed))
     manager = reporting.checkpoint_manager(workdir, tcfg.keep_checkpoints)
     run = RunState()
     if manager.latest_step() is not None:
@@ -189,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     replicated, metrics = chunk_fn(
                         replicated, train_resident, parallel.split_for_devices(plan_i, axis=1),
                         parallel.split_for_devices(plan_v, axis=1), jnp.full((devices,), epoch, jnp.int32))
-                    metrics = jax.tree.map(lambda x: np.asarray(x[0])[:end - position], metrics)
+                    metrics = jax.tree.map(lambda x: x[:end - position], parallel.unreplicate(metrics))
                 else:
                     metrics = _streaming_steps(train_split, train_ids, epoch, position, end, tcfg, dcfg,
                                                model_cfg, devices, step_fn, replicated)
@@ -210,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             record = {"epoch": epoch + 1, "step": int(state.step),
                       "lr": float(reporting.learning_rate(config.optim, epoch)), **train_summary}
             if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
-                params = jax.tree.map(lambda x: x[0], replicated.params)
+                params = parallel.unreplicate(replicated.params)
                 for name, (split, ids) in eval_sets.items():
                     logits, labels = predictor.predict(params, split, ids)
                     result = classification_metrics(logits, labels, split.num_classes)
@@ -251,12 +252,12 @@ def _streaming_steps(split, train_ids, epoch, start, end, tcfg, dcfg, model_cfg,
                               start_step=start, stop_step=end)
     for batch in batches:
         replicated, metrics = step_fn(replicated, parallel.shard(batch))
-        collected.append(jax.tree.map(lambda x: np.asarray(x[0]), metrics))
+        collected.append(parallel.unreplicate(metrics))
     return replicated, jax.tree.map(lambda *xs: np.stack(xs), *collected)
 
 
 def _host_state(replicated: steps.TrainState) -> steps.TrainState:
-    return jax.tree.map(lambda x: np.asarray(x[0]), replicated)
+    return parallel.unreplicate(replicated)
 
 
 def _check_finite(metrics: dict[str, np.ndarray], step: int) -> None:

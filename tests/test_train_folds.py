@@ -20,14 +20,21 @@ def _load_runner():
 
 
 def _two_fold_root(base: Path) -> Path:
-    """Synthetic DFEW-like fold 1; fold 2 = the same clips in another list order (same sizes, so the
-    tiny model's compiled steps are shared, but other batches and thus other results)."""
-    root = synthesize(base / "root", "DFEW", clips=24, test_clips=9, feature_dim=DIM, reverse=False, quiet=True,
-                      signal=3.0)
+    """Two DFEW-style folds made of synthetic clips: fold 2 = fold 1's clips in another list order
+    (same sizes, so the tiny model's compiled steps are shared, but other batches and results).
+
+    The clips are those of train_helpers.make_dataset (FERv39k-like window counts, same seed and
+    sizes), so in one pytest session the steps compiled for tests/test_train.py are reused too.
+    """
+    root = synthesize(base / "root", "FERv39k", clips=40, test_clips=13, feature_dim=DIM, reverse=False,
+                      quiet=True, signal=3.0)
     for split in ("train", "test"):
-        for list_file in (root / "annotation" / "DFEW").glob(f"*/set_1_{split}.txt"):
-            lines = list_file.read_text().splitlines()
-            (list_file.parent / f"set_2_{split}.txt").write_text("\n".join(lines[5:] + lines[:5]) + "\n")
+        for level_dir in (root / "annotation" / "FERv39k").iterdir():
+            lines = (level_dir / f"{split}_All.txt").read_text().splitlines()
+            target = root / "annotation" / "DFEW" / level_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            (target / f"set_1_{split}.txt").write_text("\n".join(lines) + "\n")
+            (target / f"set_2_{split}.txt").write_text("\n".join(lines[5:] + lines[:5]) + "\n")
     return root
 
 
