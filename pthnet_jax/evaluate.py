@@ -141,6 +141,10 @@ def plot_mu_sweep(rows: list[dict[str, float]], path: Path) -> None:
 def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=None, rv_data=None,
                    mu: float = 0.7, sweep: bool = False, mode: str = "auto", batch_size: int = 1024
                    ) -> dict[str, Any]:
+    if sweep and rv_checkpoint is None:  # checked before any work
+        raise ValueError("--mu-sweep needs --rv-checkpoint (it sweeps the fusion weight)")
+    if not 0.0 <= mu <= 1.0:
+        raise ValueError(f"--mu must be in [0, 1], got {mu}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     forward = evaluate_checkpoint(checkpoint, data_dir, split, mode, batch_size)
@@ -162,8 +166,6 @@ def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=Non
                                           split_info.num_classes)
             _atomic_write_text(output / "mu_sweep.json", json.dumps(result["mu_sweep"], indent=2))
             plot_mu_sweep(result["mu_sweep"], output / "mu_sweep.png")
-    elif sweep:
-        raise ValueError("--mu-sweep needs --rv-checkpoint (it sweeps the fusion weight)")
     result["split"] = split
     result["checkpoint"] = str(checkpoint)
     result["class_names"] = split_info.class_names

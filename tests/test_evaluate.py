@@ -19,6 +19,11 @@ DIM = 16
 TEST_CLIPS = 13  # with --batch-size 8 on 4 devices: one full batch, one padded (5 of 8)
 
 
+def _init(config, seed):
+    # Jitted: Flax initialises op by op otherwise, compiling hundreds of tiny programs.
+    return jax.jit(lambda key: init_variables(PTHNet(config), key)["params"])(jax.random.key(seed))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("evaluate")
@@ -31,7 +36,7 @@ def setup(tmp_path_factory):
     config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "num_classes": 7})
     checkpoints = {}
     for name, seed in (("forward", 0), ("backward", 1)):
-        params = init_variables(PTHNet(config), jax.random.key(seed))["params"]
+        params = _init(config, seed)
         checkpoints[name] = save_checkpoint(base / f"ckpt_{name}", params, config, {"test": name})
         checkpoints[name + "_params"] = params
     return {"base": base, "root": root, "forward": forward, "backward": backward, "config": config, **checkpoints}
@@ -65,8 +70,8 @@ def _reference_logits(setup, params, reverse=False):
     list_file = setup["root"] / "annotation" / "DFEW" / f"th14_vit_g_16_4{suffix}" / "set_1_test.txt"
     features, masks, labels, clip_ids = _reference_inputs(setup["root"], list_file)
     model = PTHNet(setup["config"])
-    logits = model.apply({"params": params}, {"H": features}, {"H": masks}, train=False)["H"]
-    return np.asarray(logits), labels, clip_ids
+    apply = jax.jit(lambda p, f, m: model.apply({"params": p}, {"H": f}, {"H": m}, train=False)["H"])
+    return np.asarray(apply(params, features, masks)), labels, clip_ids
 
 
 def test_metrics_and_predictions_match_an_independent_evaluation(setup, tmp_path):
@@ -137,14 +142,13 @@ def test_exported_pth_gives_the_same_predictions(setup, tmp_path):
 
 def test_clear_errors(setup, tmp_path, capsys):
     wrong = ModelConfig.from_dict({**setup["config"].to_dict(), "num_classes": 5})
-    checkpoint = save_checkpoint(tmp_path / "five", init_variables(PTHNet(wrong), jax.random.key(0))["params"],
-                                 wrong, {})
+    checkpoint = save_checkpoint(tmp_path / "five", _init(wrong, 0), wrong, {})
     data = str(setup["base"] / "data")
     assert evaluate_main(["--checkpoint", str(checkpoint), "--data", data, "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "5 classes" in err and "7" in err and not (tmp_path / "o" / "metrics.json").exists()
     assert evaluate_main(["--checkpoint", str(setup["forward"]), "--data", data, "--mu-sweep",
-                          "--output", str(tmp_path / "o")]) == 2
+                          "--output", str(tmp_path / "o")]) == 2  # refused before any evaluation
     assert "--rv-checkpoint" in capsys.readouterr().err
     assert evaluate_main(["--checkpoint", str(tmp_path / "missing"), "--data", data,
                           "--output", str(tmp_path / "o")]) == 2

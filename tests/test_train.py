@@ -65,6 +65,20 @@ def test_trained_checkpoint_exports_to_pytorch(finished_run, tmp_path):
     model.load_state_dict(exported["state_dict"], strict=True)
 
 
+def test_streaming_mode_trains_like_resident_mode(datasets, finished_run, tmp_path):
+    """Records read through grain, one pmapped step per host batch == on-device sampling in chunks."""
+    reference_params, reference_info = _final_params(finished_run[0])
+    workdir = tmp_path / "streaming"
+    summary = train_and_evaluate(tiny_config(datasets[0], **{"train.epochs": 2, "data.mode": "streaming"}),
+                                 workdir)
+    params, info = _final_params(workdir)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, reference_params)
+    for ours, theirs in zip(info["provenance"]["history"], reference_info["provenance"]["history"]):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+        assert ours["test"]["WAR"] == pytest.approx(theirs["test"]["WAR"])
+    assert summary["best"]["epoch"] == finished_run[1]["best"]["epoch"]
+
+
 def test_stop_after_an_epoch_and_resume_matches_uninterrupted(datasets, finished_run, tmp_path):
     reference_params, reference_info = _final_params(finished_run[0])
     workdir = tmp_path / "resumed"
