@@ -1,7 +1,7 @@
 """Pure functions between the original's PyTorch state dict and the Flax params tree.
 
 Layouts (PyTorch -> Flax):
-- Conv1d (out, in/groups, k) full conv  -> nn.Conv kernel (k, in, out)
+- Conv1d (out, in/groups, k) full conv  -> TemporalConv kernel (k, in, out) (nn.Conv's layout)
 - Conv1d (C, 1, k) depthwise            -> DepthwiseConv1D kernel (k, C)
 - Conv1d (out, in, 1) 1x1 projection    -> nn.Dense kernel (in, out)
 - Linear (out, in)                      -> nn.Dense kernel (in, out)

@@ -114,11 +114,11 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
     def to_device(pair):
         return pair[0].to(device, non_blocking=True), pair[1].to(device, non_blocking=True)
 
-    train_clips, train_seconds = 0, 0.0
+    train_clips, epoch_seconds, epoch_clips = 0, [], []
     for epoch in range(epochs):
         train_set.epoch = epoch
         model.train()
-        epoch_start = time.perf_counter()
+        epoch_start, clips = time.perf_counter(), 0
         for step, (level_l, level_m, level_h, labels) in enumerate(train_loader):
             if max_train_steps is not None and step >= max_train_steps:
                 break
@@ -129,10 +129,12 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            train_clips += labels.shape[0]
+            clips += labels.shape[0]
         if device != "cpu":
             torch.cuda.synchronize()
-        train_seconds += time.perf_counter() - epoch_start
+        epoch_seconds.append(time.perf_counter() - epoch_start)
+        epoch_clips.append(clips)
+        train_clips += clips
 
     model.eval()
     eval_start, eval_clips, correct = time.perf_counter(), 0, 0
@@ -144,10 +146,40 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
             correct += int((logits.argmax(1).cpu() == labels).sum())
             eval_clips += labels.shape[0]
     eval_seconds = time.perf_counter() - eval_start
-    result = {"startup_s": startup_s, "train_clips": train_clips, "train_s": train_seconds,
-              "train_clips_per_s": train_clips / train_seconds, "eval_clips": eval_clips,
-              "eval_s": eval_seconds, "eval_clips_per_s": eval_clips / eval_seconds,
-              "eval_accuracy": correct / max(eval_clips, 1)}
+    train_seconds = sum(epoch_seconds)
+    later = epoch_seconds[1:]  # the first epoch also starts the loader workers
+    result = {"startup_s": startup_s, "epochs": epochs, "epoch_seconds": epoch_seconds, "train_clips": train_clips,
+              "train_s": train_seconds, "train_clips_per_s": train_clips / train_seconds,
+              "train_clips_per_s_steady": sum(epoch_clips[1:]) / sum(later) if later else None,
+              "first_epoch_s": epoch_seconds[0], "eval_clips": eval_clips, "eval_s": eval_seconds,
+              "eval_clips_per_s": eval_clips / eval_seconds, "eval_accuracy": correct / max(eval_clips, 1),
+              "num_workers": num_workers, "torch_version": torch.__version__, "device": device,
+              "torch_threads": torch.get_num_threads()}
     if device != "cpu":
         result["peak_device_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del train_loader, test_loader  # persistent workers exit here, so their peak memory can be read
     return result
+
+
+def main(argv: list[str]) -> int:
+    """`python -m pthnet_jax.bench_torch SPEC.json OUT.json`: the baseline in a process of its own."""
+    import gc
+    import json
+    import resource
+
+    spec = json.loads(Path(argv[0]).read_text())
+    result = run_baseline(Path(spec.pop("root")), Path(spec.pop("list_dir")), spec.pop("model_kwargs"), **spec)
+    gc.collect()
+    result["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    result["peak_worker_memory_gib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    out = Path(argv[1])
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -24,10 +24,13 @@ from pthnet_jax.model import PTHNet
 class Predictor:
     """H-level logits for every clip of a split (or a subset), in list order, padded batches exact."""
 
-    def __init__(self, model: PTHNet, mode: str = "auto", batch_size: int = 1024):
+    def __init__(self, model: PTHNet, mode: str = "auto", batch_size: int = 0):
         self.model, self.mode = model, mode
-        devices = parallel.local_device_count() * jax.process_count()
-        self.batch_size = max(devices, (batch_size // devices) * devices)
+        self.devices = parallel.local_device_count() * jax.process_count()
+        if batch_size < 0:
+            raise ValueError(f"evaluation batch size must be >= 0 (0 = auto), got {batch_size}")
+        batch_size = batch_size or default_eval_batch()
+        self.batch_size = max(self.devices, (batch_size // self.devices) * self.devices)
         self._resident_fn = steps.pmapped(steps.predict_resident, model=model, max_len=model.config.max_len)
         self._batch_fn = steps.pmapped(steps.predict, model=model)
         self._cache: dict[int, Any] = {}
@@ -37,23 +40,25 @@ class Predictor:
         ids = np.arange(split.num_clips) if ids is None else np.asarray(ids)
         replicated = parallel.replicate(params)
         devices = parallel.local_device_count()
+        # No batch larger than the split: 500 clips in a batch of 2048 would compute 4x the work.
+        batch_size = min(self.batch_size, -(-len(ids) // self.devices) * self.devices)
         collected_index, collected_logits = [], []
         if choose_mode(split, self.mode) == "resident":
             key = id(split)
             if key not in self._cache:  # the H level only, placed on the devices once
                 self._cache[key] = parallel.replicate(ResidentFeatures.from_split(split, levels=("H",)))
             resident = self._cache[key]
-            indices, valid = batch_plan(ids, global_batch=self.batch_size, process_index=jax.process_index(),
+            indices, valid = batch_plan(ids, global_batch=batch_size, process_index=jax.process_index(),
                                         process_count=jax.process_count())
-            for step_indices, step_valid in zip(indices, valid):
-                logits = self._resident_fn(replicated, resident,
-                                           parallel.split_for_devices(step_indices),
-                                           parallel.split_for_devices(step_valid))
-                keep = step_valid
-                collected_index.append(step_indices[keep])
-                collected_logits.append(np.asarray(logits).reshape(len(step_indices), -1)[keep])
+            # Every batch is dispatched before any result is read: the host never stalls the device.
+            outputs = [self._resident_fn(replicated, resident, parallel.split_for_devices(step_indices),
+                                         parallel.split_for_devices(step_valid))
+                       for step_indices, step_valid in zip(indices, valid)]
+            for step_indices, step_valid, logits in zip(indices, valid, outputs):
+                collected_index.append(step_indices[step_valid])
+                collected_logits.append(np.asarray(logits).reshape(len(step_indices), -1)[step_valid])
         else:
-            for batch in iterate_batches(split, train=False, global_batch=self.batch_size, mode="streaming",
+            for batch in iterate_batches(split, train=False, global_batch=batch_size, mode="streaming",
                                          max_len=self.model.config.max_len, levels=("H",),
                                          num_devices=devices, clip_subset=ids):
                 logits = np.asarray(self._batch_fn(replicated, parallel.shard(batch)))
@@ -69,8 +74,13 @@ class Predictor:
         return logits, np.asarray(split.labels)[index]
 
 
+def default_eval_batch() -> int:
+    """Evaluation batch for `batch_size=0`: 256 clips on CPU (cache-friendly), 4096 on accelerators."""
+    return 256 if jax.devices()[0].platform == "cpu" else 4096
+
+
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split_name: str = "test",
-                        mode: str = "auto", batch_size: int = 1024) -> dict[str, Any]:
+                        mode: str = "auto", batch_size: int = 0) -> dict[str, Any]:
     """Logits and metrics of one checkpoint (directory or .pth) on one split."""
     from pthnet_jax import load_model
     from pthnet_jax.data import open_split
@@ -139,7 +149,7 @@ def plot_mu_sweep(rows: list[dict[str, float]], path: Path) -> None:
 
 
 def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=None, rv_data=None,
-                   mu: float = 0.7, sweep: bool = False, mode: str = "auto", batch_size: int = 1024
+                   mu: float = 0.7, sweep: bool = False, mode: str = "auto", batch_size: int = 0
                    ) -> dict[str, Any]:
     if sweep and rv_checkpoint is None:  # checked before any work
         raise ValueError("--mu-sweep needs --rv-checkpoint (it sweeps the fusion weight)")
@@ -190,7 +200,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mu", type=float, default=0.7, help="fusion weight of the forward model")
     parser.add_argument("--mu-sweep", action="store_true", help="UAR/WAR for mu = 0.0, 0.1, ..., 1.0")
     parser.add_argument("--mode", default="auto", choices=("auto", "resident", "streaming"))
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="clips per evaluation batch (0: auto, 256 on CPU and 4096 on accelerators)")
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
     try:

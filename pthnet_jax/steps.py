@@ -74,9 +74,7 @@ def train_chunk(state: TrainState, resident: ResidentFeatures, indices: jax.Arra
                              max_len=max_len, noise_std=noise_std)
         return train_step(carry, batch, model=model, optimizer=optimizer, seed=seed)
 
-    if indices.shape[0] == 1:
-        # No loop and no conditional: XLA:CPU runs the convolution gradients inside either about
-        # 30x slower than at the top level, so one step per call is the fast path there.
+    if indices.shape[0] == 1:  # one step per call: no loop, no conditional
         new, metrics = one_step(state, indices[0], valid[0])
         return new, jax.tree.map(lambda x: x[None], metrics)
 

@@ -98,14 +98,16 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(datasets, finished_run, tmp
     def update_then_signal(self, metrics):
         original_update(self, metrics)
         calls["n"] += 1
-        if calls["n"] == 3:  # first chunk of epoch 2
+        if calls["n"] == 4:  # epoch 2's first chunk, read while its second one runs
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(reporting.EpochProgress, "update", update_then_signal)
-    result = train_and_evaluate(tiny_config(datasets[0], **{"train.epochs": 2}), workdir)
-    assert result == {"interrupted": True, "step": 9}  # 5 steps per epoch, chunks of 4
+    # 5 steps per epoch in chunks of 2: [0, 2) [2, 4) [4, 5) | [5, 7) [7, 9) -> stops after step 9.
+    overrides = {"train.epochs": 2, "train.steps_per_dispatch": 2}
+    result = train_and_evaluate(tiny_config(datasets[0], **overrides), workdir)
+    assert result == {"interrupted": True, "step": 9}
     monkeypatch.setattr(reporting.EpochProgress, "update", original_update)
-    train_and_evaluate(tiny_config(datasets[0], **{"train.epochs": 2}), workdir)
+    train_and_evaluate(tiny_config(datasets[0], **overrides), workdir)
     params, _ = _final_params(workdir)
     jax.tree.map(np.testing.assert_array_equal, params, reference_params)
 
