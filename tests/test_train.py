@@ -72,7 +72,9 @@ def test_streaming_mode_trains_like_resident_mode(datasets, finished_run, tmp_pa
     summary = train_and_evaluate(tiny_config(datasets[0], **{"train.epochs": 2, "data.mode": "streaming"}),
                                  workdir)
     params, info = _final_params(workdir)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, reference_params)
+    # Two different programs (steps in a scan vs one step per call) round differently: after 10 steps
+    # parameters (~0.1 in size) differ by a few 1e-6; another window pick or clip order moves them far more.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, reference_params)
     for ours, theirs in zip(info["provenance"]["history"], reference_info["provenance"]["history"]):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
         assert ours["test"]["WAR"] == pytest.approx(theirs["test"]["WAR"])
