@@ -71,39 +71,39 @@ def model_config(name: str):
 
 
 def flops_per_clip(config, batch: int = 32) -> dict[str, float]:
-    """XLA cost analysis of one training step (3 levels, forward + backward + SGD) and one H forward.
+    """XLA cost analysis of the trainer's own programs: one training step (3 levels, forward + backward
+    + SGD) and one evaluation forward (H level), per clip.
 
     From the lowered programs (no compilation needed); XLA's optimised programs count within ~2%.
     """
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from pthnet_jax.losses import per_clip_loss
-    from pthnet_jax.model import PTHNet, dummy_inputs, init_variables
+    from pthnet_jax import steps
+    from pthnet_jax.model import PTHNet, abstract_variables, dummy_inputs
+    from pthnet_jax.optim import make_optimizer
 
     model = PTHNet(config)
-    params = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))["params"]
+    optimizer = make_optimizer(lr=0.005, momentum=0.9, weight_decay=1e-4, milestones=(), gamma=1.0,
+                               steps_per_epoch=1)
+    params = abstract_variables(config)["params"]
+    state = jax.eval_shape(lambda p: steps.create_train_state(p, optimizer), params)
     features, masks = dummy_inputs(config, batch)
-    labels = jnp.zeros((batch,), jnp.int32)
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.005, momentum=0.9))
+    train_batch = {"features": features, "masks": masks, "labels": jnp.zeros((batch,), jnp.int32),
+                   "valid": jnp.ones((batch,), bool)}
+    eval_batch = {"features": {"H": features["H"]}, "masks": {"H": masks["H"]}}
 
-    def train_step(params, opt_state):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, features, masks, train=True, rngs={"dropout": jax.random.key(0)})
-            return per_clip_loss(logits, labels)["total"].mean()
-
-        updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+    def one_device(tree):  # the pmapped programs take a leading device axis
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct((1, *x.shape), x.dtype), tree)
 
     def cost(lowered) -> float:
         analysis = lowered.cost_analysis()
         analysis = analysis[0] if isinstance(analysis, list) else analysis
         return float((analysis or {}).get("flops", float("nan")))
 
-    train = jax.jit(train_step).lower(params, jax.eval_shape(tx.init, params))
-    evaluate = jax.jit(lambda p: model.apply({"params": p}, {"H": features["H"]}, {"H": masks["H"]})["H"]
-                       ).lower(params)
+    train = steps.pmapped(steps.train_step, model=model, optimizer=optimizer, seed=0).lower(
+        one_device(state), one_device(train_batch))
+    evaluate = steps.pmapped(steps.predict, model=model).lower(one_device(params), one_device(eval_batch))
     return {"train_flops_per_clip": cost(train) / batch, "eval_flops_per_clip": cost(evaluate) / batch}
 
 

@@ -346,19 +346,31 @@ def flag_error_text(err: BaseException) -> str:
     return f"bad config override: {text}" if isinstance(err, KeyError) else str(text)
 
 
-def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
-    """`--config FILE --data DIR --workdir DIR` plus locked `--config.a.b=v` overrides (absl flags)."""
+def run_flags(program: str, argv: list[str], *, data_help: str, workdir_help: str):
+    """absl flags `--config FILE` (locked, with `--config.a.b=v` overrides), `--data`, `--workdir`.
+
+    Returns the flag values (not parsed yet) and the argv to parse them from, program name first.
+    """
     from absl import flags
     from ml_collections import config_flags
 
     values = flags.FlagValues()
-    argv = ["pthnet train", *argv]
+    argv = [program, *argv]
     # sys_argv: ml-collections looks for the --config.a.b=v overrides in this list (by default it reads
     # the process's sys.argv, which is not what `main(argv)` was given).
     config_flags.DEFINE_config_file("config", None, "ml-collections config file", flag_values=values,
                                     lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("data", None, "data directory written by `pthnet import-features`", flag_values=values)
-    flags.DEFINE_string("workdir", None, "where checkpoints, logs and plots go", flag_values=values)
+    flags.DEFINE_string("data", None, data_help, flag_values=values)
+    flags.DEFINE_string("workdir", None, workdir_help, flag_values=values)
+    return values, argv
+
+
+def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
+    """`--config FILE --data DIR --workdir DIR` plus locked `--config.a.b=v` overrides (absl flags)."""
+    from absl import flags
+
+    values, argv = run_flags("pthnet train", argv, data_help="data directory written by `pthnet import-features`",
+                             workdir_help="where checkpoints, logs and plots go")
     if any(arg in ("-h", "--help", "-help") for arg in argv[1:]):
         raise SystemExit(f"{USAGE}\n\n{values.get_help(include_special_flags=False)}")
     try:

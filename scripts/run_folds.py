@@ -100,18 +100,12 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], import
 
 def main(argv: list[str]) -> int:
     from absl import flags
-    from ml_collections import config_flags
 
     from pthnet_jax.data import get_benchmark
-    from pthnet_jax.train import TrainingError, flag_error_text
+    from pthnet_jax.train import TrainingError, flag_error_text, run_flags
 
-    values = flags.FlagValues()
-    argv = ["run_folds.py", *argv]
-    # sys_argv: the overrides (--config.a.b=v) are found in this list, not in the process's sys.argv.
-    config_flags.DEFINE_config_file("config", None, "ml-collections config file", flag_values=values,
-                                    lock_config=True, sys_argv=argv)
-    flags.DEFINE_string("data", None, "data directory per fold, with a {fold} placeholder", flag_values=values)
-    flags.DEFINE_string("workdir", None, "runs go to WORKDIR/fold_K", flag_values=values)
+    values, argv = run_flags("run_folds.py", argv, data_help="data directory per fold, with a {fold} placeholder",
+                             workdir_help="runs go to WORKDIR/fold_K")
     flags.DEFINE_string("folds", None, "e.g. '1-5' or '1,3' (default: all folds of the benchmark)",
                         flag_values=values)
     flags.DEFINE_string("import_root", None, "import missing folds from this feature root", flag_values=values)
