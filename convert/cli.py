@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from pthnet_jax.convert.io import checkpoint_to_pth, pth_to_checkpoint
-    from pthnet_jax.model import count_params
+    from pthnet_jax.models.pthnet import count_params
 
     if not args.src.exists():
         print(f"pthnet convert: {args.src}: no such file or directory", file=sys.stderr)

@@ -11,7 +11,7 @@ import numpy as np
 
 from pthnet_jax.convert.mapping import MappingError, flax_to_torch, strip_prefix, torch_to_flax
 from pthnet_jax.convert.torch_pickle import CheckpointReadError, Placeholder, read_torch_file, to_plain
-from pthnet_jax.model import ModelConfig, count_params
+from pthnet_jax.models.pthnet import ModelConfig, count_params
 
 
 @dataclasses.dataclass

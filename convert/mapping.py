@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from pthnet_jax.model import LEVELS, ModelConfig
+from pthnet_jax.models.pthnet import LEVELS, ModelConfig
 
 PREFIX = "module."
 STAGES = ("stem", "branch_1", "branch_2")
@@ -221,7 +221,7 @@ def expected_flax_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Flat 'a/b/kernel' -> shape of the Flax params for a config."""
     from flax.traverse_util import flatten_dict
 
-    from pthnet_jax.model import abstract_variables
+    from pthnet_jax.models.pthnet import abstract_variables
 
     flat = flatten_dict(abstract_variables(config)["params"], sep="/")
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}

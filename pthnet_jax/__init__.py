@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pthnet_jax.model import LEVELS, ModelConfig, PTHNet, init_variables
+from pthnet_jax.models.pthnet import LEVELS, ModelConfig, PTHNet, init_variables
 
 __version__ = "0.1.0"
 __all__ = ["LEVELS", "ModelConfig", "PTHNet", "init_variables", "load_model", "__version__"]

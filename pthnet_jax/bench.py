@@ -59,7 +59,7 @@ def prepare_data(workdir: Path, train_clips: int, test_clips: int) -> tuple[Path
 
 
 def model_config(name: str):
-    from pthnet_jax.model import ModelConfig
+    from pthnet_jax.models.pthnet import ModelConfig
 
     if name == "default":
         return ModelConfig()
@@ -80,7 +80,7 @@ def flops_per_clip(config, batch: int = 32) -> dict[str, float]:
     import jax.numpy as jnp
 
     from pthnet_jax import steps
-    from pthnet_jax.model import PTHNet, abstract_variables, dummy_inputs
+    from pthnet_jax.models.pthnet import PTHNet, abstract_variables, dummy_inputs
     from pthnet_jax.optim import make_optimizer
 
     model = PTHNet(config)

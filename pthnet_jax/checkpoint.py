@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pthnet_jax.model import ModelConfig, abstract_variables
+from pthnet_jax.models.pthnet import ModelConfig, abstract_variables
 
 FORMAT = "pthnet-jax"
 FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ import numpy as np
 from pthnet_jax import parallel, steps
 from pthnet_jax.data import ResidentFeatures, batch_plan, choose_mode, iterate_batches
 from pthnet_jax.metrics import classification_metrics, fuse, mu_sweep
-from pthnet_jax.model import PTHNet
+from pthnet_jax.models.pthnet import PTHNet
 
 
 class Predictor:

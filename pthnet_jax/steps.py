@@ -18,7 +18,7 @@ import optax
 from pthnet_jax import parallel
 from pthnet_jax.data.sampling import ResidentFeatures, sample_batch
 from pthnet_jax.losses import per_clip_loss
-from pthnet_jax.model import PTHNet
+from pthnet_jax.models.pthnet import PTHNet
 
 
 # Per-step training metrics (sums over the valid clips of the global batch, plus counts and norms).

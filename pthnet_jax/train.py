@@ -28,7 +28,7 @@ from pthnet_jax.data import (ResidentFeatures, batch_plan, choose_mode, epoch_or
                              open_split)
 from pthnet_jax.evaluate import Predictor
 from pthnet_jax.metrics import classification_metrics
-from pthnet_jax.model import ModelConfig, PTHNet, count_params, init_variables
+from pthnet_jax.models.pthnet import ModelConfig, PTHNet, count_params, init_variables
 from pthnet_jax.optim import make_optimizer
 
 

@@ -54,7 +54,7 @@ def main() -> None:
 
     from pthnet_jax.convert.mapping import torch_to_flax
     from pthnet_jax.convert.torch_reference import TorchPTHNet
-    from pthnet_jax.model import ModelConfig, PTHNet, count_params
+    from pthnet_jax.models.pthnet import ModelConfig, PTHNet, count_params
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -18,7 +18,7 @@ from pthnet_jax.convert.mapping import MappingError  # noqa: E402
 from pthnet_jax.convert.torch_pickle import (CheckpointReadError, UnsafeCheckpointError,  # noqa: E402
                                              read_torch_file)
 from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
-from pthnet_jax.model import ModelConfig  # noqa: E402
+from pthnet_jax.models.pthnet import ModelConfig  # noqa: E402
 
 # The same tiny config and batch as test_parity.py, so both share JAX's per-op compile cache.
 TINY = ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=5)

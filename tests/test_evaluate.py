@@ -13,7 +13,7 @@ from pthnet_jax.configs import tiny
 from pthnet_jax.data.importer import import_features
 from pthnet_jax.data.synth import synthesize
 from pthnet_jax.evaluate import main as evaluate_main
-from pthnet_jax.model import ModelConfig, PTHNet, init_variables
+from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
 
 DIM = 16
 TEST_CLIPS = 13  # with --batch-size 8 on 4 devices: one full batch, one padded (5 of 8)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pthnet_jax.model import LEVELS, ModelConfig, PTHNet, count_params, dummy_inputs, init_variables
+from pthnet_jax.models.pthnet import LEVELS, ModelConfig, PTHNet, count_params, dummy_inputs, init_variables
 
 TINY = ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=5)
 

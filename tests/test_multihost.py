@@ -25,7 +25,7 @@ def _setup():
 
     from pthnet_jax import steps
     from pthnet_jax.configs import tiny
-    from pthnet_jax.model import ModelConfig, PTHNet, init_variables
+    from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
     from pthnet_jax.optim import make_optimizer
 
     # The tiny config, shallower still, and the H level only (compiling the step dominates this

@@ -10,7 +10,7 @@ import pytest
 
 from pthnet_jax import load_model, parallel, reporting, steps
 from pthnet_jax.checkpoint import load_checkpoint
-from pthnet_jax.model import ModelConfig, PTHNet, init_variables
+from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
 from pthnet_jax.train import TrainingError, _check_finite, parse_args, train_and_evaluate
 
 from train_helpers import make_dataset, random_batch, tiny_config
