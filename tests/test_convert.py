@@ -17,7 +17,7 @@ from pthnet_jax.convert.cli import main as convert_main  # noqa: E402
 from pthnet_jax.convert.mapping import MappingError  # noqa: E402
 from pthnet_jax.convert.torch_pickle import (CheckpointReadError, UnsafeCheckpointError,  # noqa: E402
                                              read_torch_file)
-from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
+from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet  # noqa: E402
 from pthnet_jax.models.pthnet import ModelConfig  # noqa: E402
 
 # The same tiny config and batch as test_parity.py, so both share JAX's per-op compile cache.

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # end to end: runs whole programs
 
 GLOBAL_BATCH = 16
 NUM_STEPS = 2
@@ -31,10 +34,10 @@ def _setup():
     # The tiny config, shallower still, and the H level only (compiling the step dominates this
     # test): one layer per stage that has one, drop path on (branch_1 has it), so the per-device
     # RNG is covered too.
-    model_config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": (1, 1, 1, 0)})
+    model_config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": (1, 1, 1, 0), "num_classes": 7})
     model = PTHNet(model_config)
     optimizer = make_optimizer(lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=(1,), gamma=0.1,
-                               steps_per_epoch=1)  # the lr changes between the two steps
+                               steps_per_epoch=1).transform  # the lr changes between the two steps
     state = steps.create_train_state(init_variables(model, jax.random.key(3))["params"], optimizer)
     step_fn = steps.pmapped(steps.train_step, donate_state=True, model=model, optimizer=optimizer, seed=5)
     rng = np.random.default_rng(11)

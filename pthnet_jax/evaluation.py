@@ -1,22 +1,18 @@
-"""`pthnet evaluate`: the paper's metrics for a checkpoint, forward/backward fusion, mu sweep.
+"""Evaluation: H-level logits of every clip of a split, the paper's metrics, forward/backward fusion.
 
-    pthnet evaluate --checkpoint CKPT --data DATA_DIR [--split test]
-                    [--rv-checkpoint CKPT --rv-data DATA_DIR --mu 0.7] [--mu-sweep] --output OUT
+The library behind `pthnet evaluate` (`pthnet_jax.commands.evaluate`, which writes the files and
+plots) and behind the trainer's per-epoch evaluation.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
 from pthnet_jax import parallel, steps
-from pthnet_jax.data import ResidentFeatures, batch_plan, choose_mode, iterate_batches
+from pthnet_jax.data import batch_plan, choose_mode, iterate_batches, resident_features
 from pthnet_jax.metrics import classification_metrics, fuse, mu_sweep
 from pthnet_jax.models.pthnet import PTHNet
 
@@ -33,7 +29,6 @@ class Predictor:
         self.batch_size = max(self.devices, (batch_size // self.devices) * self.devices)
         self._resident_fn = steps.pmapped(steps.predict_resident, model=model, max_len=model.config.max_len)
         self._batch_fn = steps.pmapped(steps.predict, model=model)
-        self._cache: dict[int, Any] = {}
 
     def predict(self, params: Any, split, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> (logits (n, C), labels (n,)) for clips `ids` (default: all, list order)."""
@@ -44,10 +39,7 @@ class Predictor:
         batch_size = min(self.batch_size, -(-len(ids) // self.devices) * self.devices)
         collected_index, collected_logits = [], []
         if choose_mode(split, self.mode) == "resident":
-            key = id(split)
-            if key not in self._cache:  # the H level only, placed on the devices once
-                self._cache[key] = parallel.replicate(ResidentFeatures.from_split(split, levels=("H",)))
-            resident = self._cache[key]
+            resident = resident_features(split, levels=("H",))
             indices, valid = batch_plan(ids, global_batch=batch_size, process_index=jax.process_index(),
                                         process_count=jax.process_count())
             # Every batch is dispatched before any result is read: the host never stalls the device.
@@ -98,65 +90,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLi
             "metrics": classification_metrics(logits, labels, split.num_classes)}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def evaluate(checkpoint, data_dir, split: str = "test", rv_checkpoint=None, rv_data=None, mu: float = 0.7,
+             sweep: bool = False, mode: str = "auto", batch_size: int = 0
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metrics of a checkpoint on a split, fused with a backward model when `rv_checkpoint` is given.
 
-
-def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(matrix)
-    rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-    size = max(5, 0.5 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ticks = np.arange(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
-    if len(class_names) <= 15:
-        for i in ticks:
-            for j in ticks:
-                ax.text(j, i, f"{matrix[i, j]}\n{100 * rates[i, j]:.0f}%", ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def plot_mu_sweep(rows: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["mu"] for r in rows], [r["UAR"] for r in rows], "o-", label="UAR")
-    ax.plot([r["mu"] for r in rows], [r["WAR"] for r in rows], "s-", label="WAR")
-    ax.set_xlabel("mu (weight of the forward model)"), ax.set_ylabel("%"), ax.grid(alpha=0.3), ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=None, rv_data=None,
-                   mu: float = 0.7, sweep: bool = False, mode: str = "auto", batch_size: int = 0
-                   ) -> dict[str, Any]:
+    Returns (result, arrays): the JSON-able metrics (with the per-model ones and the mu sweep when
+    fused) and the arrays behind them (clip ids, labels, logits).
+    """
     if sweep and rv_checkpoint is None:  # checked before any work
         raise ValueError("--mu-sweep needs --rv-checkpoint (it sweeps the fusion weight)")
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"--mu must be in [0, 1], got {mu}")
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     forward = evaluate_checkpoint(checkpoint, data_dir, split, mode, batch_size)
     split_info = forward["split"]
     result = dict(forward["metrics"])
@@ -174,43 +119,7 @@ def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=Non
         if sweep:
             result["mu_sweep"] = mu_sweep(forward["logits"], backward["logits"], forward["labels"],
                                           split_info.num_classes)
-            _atomic_write_text(output / "mu_sweep.json", json.dumps(result["mu_sweep"], indent=2))
-            plot_mu_sweep(result["mu_sweep"], output / "mu_sweep.png")
     result["split"] = split
     result["checkpoint"] = str(checkpoint)
     result["class_names"] = split_info.class_names
-    # Predictions first, metrics.json last: a metrics.json on disk means the whole output is there.
-    tmp_npz = output / ".predictions.tmp.npz"
-    np.savez(tmp_npz, **arrays)
-    os.replace(tmp_npz, output / "predictions.npz")
-    plot_confusion(np.array(result["confusion_matrix"]), split_info.class_names, output / "confusion_matrix.png",
-                   f"UAR {result['UAR']:.2f}  WAR {result['WAR']:.2f}")
-    _atomic_write_text(output / "metrics.json", json.dumps(result, indent=2))
-    return result
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pthnet evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint dir, training workdir or .pth")
-    parser.add_argument("--data", required=True, type=Path, help="data directory (pthnet import-features)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--rv-checkpoint", type=Path, help="the backward (time-reversed) model")
-    parser.add_argument("--rv-data", type=Path, help="data directory of the reversed features")
-    parser.add_argument("--mu", type=float, default=0.7, help="fusion weight of the forward model")
-    parser.add_argument("--mu-sweep", action="store_true", help="UAR/WAR for mu = 0.0, 0.1, ..., 1.0")
-    parser.add_argument("--mode", default="auto", choices=("auto", "resident", "streaming"))
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="clips per evaluation batch (0: auto, 256 on CPU and 4096 on accelerators)")
-    parser.add_argument("--output", required=True, type=Path)
-    args = parser.parse_args(argv)
-    try:
-        result = run_evaluation(args.checkpoint, args.data, args.output, args.split, args.rv_checkpoint,
-                                args.rv_data, args.mu, args.mu_sweep, args.mode, args.batch_size)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"pthnet evaluate: {err}", file=sys.stderr)
-        return 2
-    fused = " (fused forward/backward, mu=%.2f)" % args.mu if args.rv_checkpoint else ""
-    print(f"{result['num_clips']} clips{fused}: UAR {result['UAR']:.2f}  WAR {result['WAR']:.2f}  "
-          f"weighted F1 {result['weighted_f1']:.4f} -> {args.output / 'metrics.json'}")
-    return 0
+    return result, arrays
