@@ -37,7 +37,9 @@ class Predictor:
         devices = parallel.local_device_count()
         # No batch larger than the split: 500 clips in a batch of 2048 would compute 4x the work.
         batch_size = min(self.batch_size, -(-len(ids) // self.devices) * self.devices)
-        collected_index, collected_logits = [], []
+        # Every process keeps its whole share, padded rows included, so that the shares it gathers
+        # from the other processes have the same shape (a collective needs that); then filter.
+        collected_index, collected_valid, collected_logits = [], [], []
         if choose_mode(split, self.mode) == "resident":
             resident = resident_features(split, levels=("H",))
             indices, valid = batch_plan(ids, global_batch=batch_size, process_index=jax.process_index(),
@@ -47,18 +49,20 @@ class Predictor:
                                          parallel.split_for_devices(step_valid))
                        for step_indices, step_valid in zip(indices, valid)]
             for step_indices, step_valid, logits in zip(indices, valid, outputs):
-                collected_index.append(step_indices[step_valid])
-                collected_logits.append(np.asarray(logits).reshape(len(step_indices), -1)[step_valid])
+                collected_index.append(step_indices)
+                collected_valid.append(step_valid)
+                collected_logits.append(np.asarray(logits).reshape(len(step_indices), -1))
         else:
             for batch in iterate_batches(split, train=False, global_batch=batch_size, mode="streaming",
                                          max_len=self.model.config.max_len, levels=("H",),
                                          num_devices=devices, clip_subset=ids):
                 logits = np.asarray(self._batch_fn(replicated, parallel.shard(batch)))
-                keep = batch["valid"].reshape(-1)
-                collected_index.append(batch["index"].reshape(-1)[keep])
-                collected_logits.append(logits.reshape(keep.shape[0], -1)[keep])
-        index = parallel.all_gather_hosts(np.concatenate(collected_index))
-        logits = parallel.all_gather_hosts(np.concatenate(collected_logits))
+                collected_index.append(batch["index"].reshape(-1))
+                collected_valid.append(batch["valid"].reshape(-1))
+                collected_logits.append(logits.reshape(collected_valid[-1].shape[0], -1))
+        keep = parallel.all_gather_hosts(np.concatenate(collected_valid))
+        index = parallel.all_gather_hosts(np.concatenate(collected_index))[keep]
+        logits = parallel.all_gather_hosts(np.concatenate(collected_logits))[keep]
         order = np.argsort(index, kind="stable")
         index, logits = index[order], logits[order]
         if not np.array_equal(index, np.sort(ids)):

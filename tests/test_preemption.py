@@ -9,10 +9,7 @@ them); with SIGNAL_AFTER > 0, process 1 sends itself SIGTERM after that many ste
 """
 import json
 import os
-import re
 import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from distributed_helpers import start_workers, wait_for_workers  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -56,30 +54,9 @@ def _worker(data_dir: str, workdir: str, signal_after: int) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 def _run_pair(data_dir: Path, workdir: Path, signal_after: int = 0) -> list[dict]:
-    port = _free_port()
-    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-    workers = []
-    for rank in range(2):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PTHNET_COORDINATOR": f"localhost:{port}",
-               "PTHNET_NUM_PROCESSES": "2", "PTHNET_PROCESS_ID": str(rank),
-               "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count=2".strip()}
-        log = open(workdir.parent / f"{workdir.name}-{rank}.log", "w")
-        command = [sys.executable, __file__, str(data_dir), str(workdir), str(signal_after)]
-        workers.append((subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    for process, log in workers:
-        try:
-            process.wait(timeout=400)
-        finally:
-            process.kill()
-            log.close()
-    logs = "\n".join((workdir.parent / f"{workdir.name}-{r}.log").read_text()[-3000:] for r in range(2))
+    workers = start_workers(__file__, [str(data_dir), str(workdir), str(signal_after)], workdir.parent, workdir.name)
+    logs = wait_for_workers(workers)
     assert all(p.returncode == 0 for p, _ in workers), f"a worker failed:\n{logs}"
     assert "Traceback" not in logs, logs
     return [json.loads((workdir / f"result-{rank}.json").read_text()) for rank in range(2)]
