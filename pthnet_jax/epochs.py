@@ -96,9 +96,10 @@ class ResidentRunner:
         epochs = np.full((parallel.local_device_count(),), epoch, np.int32)
         for position in range(start, total, chunk):
             plan_i, plan_v = _padded_chunk(indices, valid, position, chunk)
-            replicated, metrics = self.chunk_fn(replicated, self.resident,
-                                                parallel.split_for_devices(plan_i, axis=1),
-                                                parallel.split_for_devices(plan_v, axis=1), epochs)
+            args = (replicated, self.resident, parallel.split_for_devices(plan_i, axis=1),
+                    parallel.split_for_devices(plan_v, axis=1), epochs)
+            _compile_then_meet(self, self.chunk_fn, args)
+            replicated, metrics = self.chunk_fn(*args)
             yield replicated, metrics, min(chunk, total - position)
 
 
@@ -118,8 +119,19 @@ class StreamingRunner:
                                   num_devices=parallel.local_device_count(), clip_subset=self.train_ids,
                                   shuffle=True, start_step=start, stop_step=spec.steps_per_epoch)
         for batch in batches:
-            replicated, metrics = self.step_fn(replicated, parallel.shard(batch))
+            args = (replicated, parallel.shard(batch))
+            _compile_then_meet(self, self.step_fn, args)
+            replicated, metrics = self.step_fn(*args)
             yield replicated, metrics, 1
+
+
+def _compile_then_meet(runner, function, args) -> None:
+    """Several processes: compile the step first, then wait for all, then run its collectives."""
+    if jax.process_count() == 1 or getattr(runner, "_met", False):
+        return
+    function.lower(*args).compile()  # the call that follows finds it in the compilation cache
+    parallel.wait_for_all_processes("training step compiled")
+    runner._met = True
 
 
 def make_runner(spec: EpochSpec, split, train_ids: np.ndarray, model, optimizer):

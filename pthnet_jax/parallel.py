@@ -149,3 +149,21 @@ def read_flag(answer: Any) -> bool:
     if isinstance(answer, bool):
         return answer
     return bool(np.asarray(answer.addressable_data(0)) > 0)
+
+
+_barriers = {"count": 0}
+
+
+def wait_for_all_processes(name: str, timeout_s: float = 3600.0) -> None:
+    """Block until every process got here (a coordination-service barrier, no device collective).
+
+    Used after compiling the training step: on CPU, gloo gives the first collective only ~30 s for
+    every process to arrive, less than one process may spend compiling when another was faster.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    _barriers["count"] += 1
+    distributed.global_state.client.wait_at_barrier(f"pthnet/{name}/{_barriers['count']}",
+                                                     int(timeout_s * 1000))
