@@ -36,16 +36,21 @@ def _worker(data_dir: str, workdir: str, signal_after: int) -> None:
 
     assert jax.process_count() == 2 and jax.local_device_count() == 2
     if signal_after and jax.process_index() == 1:
-        original = reporting.EpochProgress.update
+        original_init, original = reporting.EpochProgress.__init__, reporting.EpochProgress.update
         seen = {"steps": 0}
+
+        def init_and_remember(self, epoch, *args, **kwargs):
+            original_init(self, epoch, *args, **kwargs)
+            self.test_epoch = epoch + 1
 
         def update_then_signal(self, metrics):
             original(self, metrics)
-            if "epoch 2/" in self.bar.desc:
+            if self.test_epoch == 2:
                 seen["steps"] += len(np.atleast_1d(metrics["count"]))
                 if seen["steps"] == signal_after:
                     os.kill(os.getpid(), signal.SIGTERM)
 
+        reporting.EpochProgress.__init__ = init_and_remember
         reporting.EpochProgress.update = update_then_signal
     # One layer per stage that has one: compiling the step dominates this test.
     config = tiny_config(data_dir, **{"train.epochs": EPOCHS, "train.steps_per_dispatch": 1,
