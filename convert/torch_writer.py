@@ -106,8 +106,8 @@ class _Pickler:
     def save(self, obj: Any) -> None:
         if obj is None:
             self.out.append(b"N")
-        elif obj is True or obj is False:
-            self.out.append(b"\x88" if obj else b"\x89")
+        elif obj is True or obj is False or isinstance(obj, np.bool_):
+            self.out.append(b"\x88" if bool(obj) else b"\x89")
         elif isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
             self._int(int(obj))
         elif isinstance(obj, (float, np.floating)):
