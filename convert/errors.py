@@ -19,8 +19,8 @@ def escape_text(text: str, keep_newlines: bool = True) -> str:
     for char in text:
         if char == "\n" and keep_newlines:
             out.append(char)
-        elif char == "\\" or unicodedata.category(char)[0] in "CZ" and char != " ":
-            out.append(char.encode("unicode_escape").decode("ascii") if char != "\\" else "\\\\")
+        elif unicodedata.category(char)[0] in "CZ" and char != " ":
+            out.append(char.encode("unicode_escape").decode("ascii"))
         else:
             out.append(char)
     return "".join(out)
