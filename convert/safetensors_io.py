@@ -58,7 +58,8 @@ def read_safetensors(path: str | os.PathLike, limits: ReadLimits = DEFAULT_LIMIT
                 raise CheckpointLimitError(path, f"the tensors need {total} bytes, more than the limit "
                                            f"{limits.max_storage_bytes}")
             for name in names:
-                tensors[name] = np.array(handle.get_tensor(name), copy=True)
+                array = handle.get_tensor(name)  # a copy in memory the array owns (not the mapping)
+                tensors[name] = array.view(np.uint8) != 0 if array.dtype == np.bool_ else array
     except CheckpointReadError:
         raise
     except Exception as err:  # noqa: BLE001 - safetensors raises its own SafetensorError and others

@@ -56,7 +56,7 @@ class ReadLimits:
     max_file_bytes: int = 256 << 30     # the archive itself
     max_members: int = 200_000          # zip entries
     max_pickle_bytes: int = 256 << 20   # the data.pkl member
-    max_opcodes: int = 10_000_000
+    max_opcodes: int = 4_000_000        # ~1 us each: a few seconds at most
     max_memo: int = 2_000_000
     max_stack: int = 2_000_000          # objects on the stack plus open marks
     max_items: int = 10_000_000         # elements stored in containers, all together
@@ -68,7 +68,7 @@ class ReadLimits:
     max_ndim: int = 32
     max_storage_bytes: int = 128 << 30  # tensor bytes read from storage members, all together
     copy_slack_bytes: int = 64 << 20    # tensor copies allowed beyond the storage bytes read
-    max_plain_nodes: int = 1_000_000    # values in the metadata made plain (to_plain)
+    max_plain_nodes: int = 200_000      # values in the metadata made plain (to_plain)
 
 
 DEFAULT_LIMITS = ReadLimits()
@@ -548,6 +548,7 @@ class _Machine:
     # the loop
     def run(self) -> Any:
         limits = self.limits
+        table = self._table()
         count = 0
         ops = pickletools.genops(self.data)
         while True:
@@ -564,146 +565,186 @@ class _Machine:
             name = opcode.name
             if name == "STOP":
                 return self._pop()
-            self._op(name, arg)
+            handler = table.get(name)
+            if handler is None:
+                self._fail(f"unsupported pickle opcode {name}", unsafe=True)
+            handler(arg)
 
-    def _op(self, name: str, arg: Any) -> None:  # noqa: C901 - one branch per opcode
+    def _table(self) -> dict[str, Any]:
+        """Opcode name -> handler(arg); a dict lookup per opcode keeps the loop fast."""
         push = self._push
-        if name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"):
+
+        def constant(value):
+            return lambda arg: push(value)
+
+        def integer(arg):
             push(self._int(arg) if type(arg) is int else arg)
-        elif name in ("FLOAT", "BINFLOAT"):
-            push(float(arg))
-        elif name in ("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE",
-                      "BINUNICODE", "BINUNICODE8"):
+
+        def text(arg):
             self._bytes(len(arg))
             push(arg)
-        elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"):
+
+        def data(arg):
             self._bytes(len(arg))
             push(bytes(arg))
-        elif name == "NONE":
-            push(None)
-        elif name == "NEWTRUE":
-            push(True)
-        elif name == "NEWFALSE":
-            push(False)
-        elif name == "EMPTY_LIST":
-            push([])
-        elif name == "EMPTY_DICT":
-            push({})
-        elif name == "EMPTY_TUPLE":
-            push(())
-        elif name == "EMPTY_SET":
-            push(set())
-        elif name == "MARK":
-            if len(self.stack) + len(self.marks) >= self.limits.max_stack:
-                self._limit("stack size", self.limits.max_stack)
-            self.marks.append(len(self.stack))
-        elif name in ("TUPLE", "LIST", "DICT", "FROZENSET"):
-            items = self._pop_mark()
-            self._count(len(items))
-            if name == "TUPLE":
-                push(tuple(items))
-            elif name == "LIST":
-                push(items)
-            elif name == "FROZENSET":
-                push(frozenset(self._key(i) for i in items))
-            else:
-                built: dict = {}
-                self._set_items(built, items)
-                push(built)
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            n = int(name[-1])
-            items = [self._pop() for _ in range(n)][::-1]
-            self._count(n)
-            push(tuple(items))
-        elif name == "APPEND":
-            value = self._pop()
-            target = self._top()
-            if not isinstance(target, list):
-                self._fail(f"corrupt pickle: APPEND to a {type(target).__name__}")
-            self._count(1, len(target))
-            target.append(value)
-        elif name == "APPENDS":
-            items = self._pop_mark()
-            target = self._top()
-            if not isinstance(target, list):
-                self._fail(f"corrupt pickle: APPENDS to a {type(target).__name__}")
-            self._count(len(items), len(target))
-            target.extend(items)
-        elif name == "SETITEM":
-            value = self._pop()
-            key = self._pop()
-            self._set_items(self._top(), [key, value])
-        elif name == "SETITEMS":
-            items = self._pop_mark()
-            self._set_items(self._top(), items)
-        elif name == "ADDITEMS":
-            items = self._pop_mark()
-            target = self._top()
-            if not isinstance(target, set):
-                self._fail(f"corrupt pickle: ADDITEMS to a {type(target).__name__}")
-            self._count(len(items), len(target))
-            target.update(self._key(i) for i in items)
-        elif name == "POP":
-            if self.stack and not (self.marks and len(self.stack) <= self.marks[-1]):
-                self.stack.pop()
-            else:
-                self._pop_mark()
-        elif name == "POP_MARK":
-            self._pop_mark()
-        elif name == "DUP":
-            push(self._top())
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            self._memo_put(arg)
-        elif name == "MEMOIZE":
-            self._memo_put(len(self.memo))
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            self._memo_get(arg)
-        elif name == "GLOBAL":
-            module, _, attr = arg.partition(" ")
-            push(self._global(module, attr))
-        elif name == "STACK_GLOBAL":
-            attr = self._pop()
-            module = self._pop()
-            push(self._global(module, attr))
-        elif name == "REDUCE":
-            args = self._pop()
-            func = self._pop()
-            push(self._call(func, args))
-        elif name == "BUILD":
-            state = self._pop()
-            self._build(self._top(), state)
-        elif name == "NEWOBJ":
-            args = self._pop()
-            cls = self._pop()
-            push(self._instantiate(cls, args, "NEWOBJ"))
-        elif name == "NEWOBJ_EX":
-            self._pop()  # kwargs
-            args = self._pop()
-            cls = self._pop()
-            push(self._instantiate(cls, args, "NEWOBJ_EX"))
-        elif name == "OBJ":
-            items = self._pop_mark()
-            if not items:
-                self._fail("corrupt pickle: OBJ without a class")
-            push(self._instantiate(items[0], items[1:], "OBJ"))
-        elif name == "INST":
-            module, _, attr = arg.partition(" ")
-            items = self._pop_mark()
-            push(self._instantiate(self._global(module, attr), items, "INST"))
-        elif name == "BINPERSID":
-            push(self._persistent(self._pop()))
-        elif name in ("PROTO", "FRAME"):
-            if name == "PROTO" and not (type(arg) is int and 0 <= arg <= 5):
-                self._fail(f"unsupported pickle protocol {show(arg)}")
-        elif name == "PERSID":
-            self._fail("text persistent ids (PERSID) are not used by torch.save", unsafe=True)
-        elif name in ("EXT1", "EXT2", "EXT4"):
-            self._fail("the pickle uses the extension registry (EXT opcodes), which could name any "
-                       "global; refusing it", unsafe=True)
-        elif name in ("NEXT_BUFFER", "READONLY_BUFFER"):
-            self._fail("out-of-band buffers are not allowed", unsafe=True)
+
+        def refuse(message):
+            def handler(arg):
+                self._fail(message, unsafe=True)
+            return handler
+
+        table: dict[str, Any] = {
+            "NONE": constant(None), "NEWTRUE": constant(True), "NEWFALSE": constant(False),
+            "EMPTY_TUPLE": constant(()),
+            "EMPTY_LIST": lambda arg: push([]), "EMPTY_DICT": lambda arg: push({}),
+            "EMPTY_SET": lambda arg: push(set()),
+            "FLOAT": lambda arg: push(float(arg)), "BINFLOAT": lambda arg: push(float(arg)),
+            "MARK": self._mark, "TUPLE": self._from_mark, "LIST": self._from_mark, "DICT": self._from_mark,
+            "FROZENSET": self._from_mark,
+            "TUPLE1": lambda arg: self._small_tuple(1), "TUPLE2": lambda arg: self._small_tuple(2),
+            "TUPLE3": lambda arg: self._small_tuple(3),
+            "APPEND": self._append, "APPENDS": self._appends, "SETITEM": self._setitem,
+            "SETITEMS": lambda arg: self._set_items_at_top(self._pop_mark()),
+            "ADDITEMS": self._additems, "POP": self._pop_op, "POP_MARK": lambda arg: self._pop_mark(),
+            "DUP": lambda arg: push(self._top()),
+            "PUT": self._memo_put, "BINPUT": self._memo_put, "LONG_BINPUT": self._memo_put,
+            "MEMOIZE": lambda arg: self._memo_put(len(self.memo)),
+            "GET": self._memo_get, "BINGET": self._memo_get, "LONG_BINGET": self._memo_get,
+            "GLOBAL": self._global_op, "STACK_GLOBAL": self._stack_global,
+            "REDUCE": self._reduce, "BUILD": self._build_op, "NEWOBJ": self._newobj,
+            "NEWOBJ_EX": self._newobj_ex, "OBJ": self._obj, "INST": self._inst,
+            "BINPERSID": lambda arg: push(self._persistent(self._pop())),
+            "PROTO": self._proto, "FRAME": lambda arg: None,
+            "PERSID": refuse("text persistent ids (PERSID) are not used by torch.save"),
+            "EXT1": refuse(_EXT_MESSAGE), "EXT2": refuse(_EXT_MESSAGE), "EXT4": refuse(_EXT_MESSAGE),
+            "NEXT_BUFFER": refuse("out-of-band buffers are not allowed"),
+            "READONLY_BUFFER": refuse("out-of-band buffers are not allowed"),
+        }
+        for name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"):
+            table[name] = integer
+        for name in ("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
+                     "BINUNICODE8"):
+            table[name] = text
+        for name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"):
+            table[name] = data
+        # TUPLE/LIST/DICT/FROZENSET share a handler that needs the opcode's name
+        for name in ("TUPLE", "LIST", "DICT", "FROZENSET"):
+            table[name] = (lambda n: lambda arg: self._from_mark(n))(name)
+        return table
+
+    def _mark(self, arg: Any) -> None:
+        if len(self.stack) + len(self.marks) >= self.limits.max_stack:
+            self._limit("stack size", self.limits.max_stack)
+        self.marks.append(len(self.stack))
+
+    def _from_mark(self, name: str) -> None:
+        items = self._pop_mark()
+        self._count(len(items))
+        if name == "TUPLE":
+            self._push(tuple(items))
+        elif name == "LIST":
+            self._push(items)
+        elif name == "FROZENSET":
+            self._push(frozenset(self._key(i) for i in items))
         else:
-            self._fail(f"unsupported pickle opcode {name}", unsafe=True)
+            built: dict = {}
+            self._set_items(built, items)
+            self._push(built)
+
+    def _small_tuple(self, n: int) -> None:
+        items = [self._pop() for _ in range(n)][::-1]
+        self._count(n)
+        self._push(tuple(items))
+
+    def _append(self, arg: Any) -> None:
+        stack, marks = self.stack, self.marks
+        if len(stack) < 2 or (marks and len(stack) - 1 <= marks[-1]):
+            self._fail("corrupt pickle: stack underflow")
+        target = stack[-2]
+        if type(target) is not list:
+            self._fail(f"corrupt pickle: APPEND to a {type(target).__name__}")
+        self.items += 1
+        if self.items > self.limits.max_items or len(target) >= self.limits.max_container:
+            self._count(1, len(target))
+        target.append(stack.pop())
+
+    def _appends(self, arg: Any) -> None:
+        items = self._pop_mark()
+        target = self._top()
+        if not isinstance(target, list):
+            self._fail(f"corrupt pickle: APPENDS to a {type(target).__name__}")
+        self._count(len(items), len(target))
+        target.extend(items)
+
+    def _setitem(self, arg: Any) -> None:
+        value = self._pop()
+        key = self._pop()
+        self._set_items(self._top(), [key, value])
+
+    def _set_items_at_top(self, items: list[Any]) -> None:
+        self._set_items(self._top(), items)
+
+    def _additems(self, arg: Any) -> None:
+        items = self._pop_mark()
+        target = self._top()
+        if not isinstance(target, set):
+            self._fail(f"corrupt pickle: ADDITEMS to a {type(target).__name__}")
+        self._count(len(items), len(target))
+        target.update(self._key(i) for i in items)
+
+    def _pop_op(self, arg: Any) -> None:
+        if self.stack and not (self.marks and len(self.stack) <= self.marks[-1]):
+            self.stack.pop()
+        else:
+            self._pop_mark()
+
+    def _global_op(self, arg: Any) -> None:
+        module, _, attr = arg.partition(" ")
+        self._push(self._global(module, attr))
+
+    def _stack_global(self, arg: Any) -> None:
+        attr = self._pop()
+        module = self._pop()
+        self._push(self._global(module, attr))
+
+    def _reduce(self, arg: Any) -> None:
+        args = self._pop()
+        func = self._pop()
+        self._push(self._call(func, args))
+
+    def _build_op(self, arg: Any) -> None:
+        state = self._pop()
+        self._build(self._top(), state)
+
+    def _newobj(self, arg: Any) -> None:
+        args = self._pop()
+        cls = self._pop()
+        self._push(self._instantiate(cls, args, "NEWOBJ"))
+
+    def _newobj_ex(self, arg: Any) -> None:
+        self._pop()  # kwargs
+        args = self._pop()
+        cls = self._pop()
+        self._push(self._instantiate(cls, args, "NEWOBJ_EX"))
+
+    def _obj(self, arg: Any) -> None:
+        items = self._pop_mark()
+        if not items:
+            self._fail("corrupt pickle: OBJ without a class")
+        self._push(self._instantiate(items[0], items[1:], "OBJ"))
+
+    def _inst(self, arg: Any) -> None:
+        module, _, attr = arg.partition(" ")
+        items = self._pop_mark()
+        self._push(self._instantiate(self._global(module, attr), items, "INST"))
+
+    def _proto(self, arg: Any) -> None:
+        if not (type(arg) is int and 0 <= arg <= 5):
+            self._fail(f"unsupported pickle protocol {show(arg)}")
+
+
+_EXT_MESSAGE = ("the pickle uses the extension registry (EXT opcodes), which could name any global; "
+                "refusing it")
 
 
 # --- after the pickle: check the object graph, read the storages, rebuild -------------------------

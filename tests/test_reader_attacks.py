@@ -412,13 +412,15 @@ def test_terminal_escapes_from_the_file_are_escaped(tmp_path, capsys):
 
 def _tiny_pthnet(tmp_path: Path) -> Path:
     from pthnet_jax.convert.mapping import flax_to_torch
-    from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
+    from pthnet_jax.models.pthnet import ModelConfig, abstract_variables
 
     config = ModelConfig(n_in=8, n_embd=16, mlp_dim=16, num_classes=3, arch=(1, 1, 0, 0))
     import jax
 
-    params = init_variables(PTHNet(config), jax.random.PRNGKey(0))["params"]
-    state = flax_to_torch(jax.tree_util.tree_map(np.asarray, params), config)
+    shapes = abstract_variables(config)["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda leaf: rng.normal(size=leaf.shape).astype(leaf.dtype), shapes)
+    state = flax_to_torch(params, config)
     path = tmp_path / "tiny.pth"
     write_torch_file(path, {"epoch": 3, "state_dict": state})
     return path
@@ -437,14 +439,16 @@ def test_cli_leaves_nothing_behind_on_failure(tmp_path, monkeypatch, capsys):
     real_save = checkpoint.save_checkpoint
 
     def failing_save(path, *args, **kwargs):  # Orbax got going, then the disk filled up
-        real_save(path, *args, **kwargs)
-        (Path(str(path) + ".orbax-checkpoint-tmp-123")).mkdir()
+        tmp = Path(str(path) + ".orbax-checkpoint-tmp-123")
+        (tmp / "params").mkdir(parents=True)
+        (tmp / "params" / "part").write_bytes(b"x")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", failing_save)
     assert convert_main([str(source), str(dst), "--force"]) == 2
     assert convert_main([str(source), str(tmp_path / "new")]) == 2
     monkeypatch.undo()
+    assert callable(real_save)
     assert "No space left" in capsys.readouterr().err
     assert sorted(p.name for p in dst.rglob("*")) == before
     assert not (tmp_path / "new").exists()
