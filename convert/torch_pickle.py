@@ -841,7 +841,7 @@ def _is_contiguous(size: tuple, stride: tuple) -> bool:
     return all(n == 1 or s == c for n, s, c in zip(size, stride, _contiguous_strides(size)))
 
 
-_CHUNK = 16 << 20
+_CHUNK = 4 << 20
 
 
 class _Archive:
