@@ -16,7 +16,7 @@ import numpy as np
 
 from pthnet_jax.convert.errors import CheckpointError, CheckpointLimitError, CheckpointReadError, show
 from pthnet_jax.convert.mapping import MappingError, flax_to_torch, strip_prefix, torch_to_flax
-from pthnet_jax.convert.torch_pickle import (DEFAULT_LIMITS, Placeholder, ReadLimits, _Budget,
+from pthnet_jax.convert.torch_pickle import (DEFAULT_LIMITS, ReadLimits, _Budget,
                                              read_torch_file, to_plain)
 from pthnet_jax.models.pthnet import ModelConfig, count_params
 

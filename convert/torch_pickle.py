@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import io
 import math
 import os
 import pickletools
@@ -113,13 +112,16 @@ def to_plain(value: Any, max_items: int = 10_000, limits: ReadLimits = DEFAULT_L
                                    f"plain (limits: {limits.max_plain_nodes} values, depth "
                                    f"{limits.max_depth})")
     recurse = lambda v: to_plain(v, max_items, limits, budget, _depth + 1)  # noqa: E731
+    if isinstance(value, (dict, list, tuple, set, frozenset)) and len(value) > budget.left:
+        raise CheckpointLimitError(None, "metadata too large or too repetitive to make plain "
+                                   f"(limit: {limits.max_plain_nodes} values)")
     if isinstance(value, np.ndarray):
         if value.size <= max_items and value.dtype.kind in "biuf":
             budget.left -= value.size
             if budget.left < 0:
                 raise CheckpointLimitError(None, "metadata too large or too repetitive to make plain "
                                            f"(limit: {limits.max_plain_nodes} values)")
-            if value.dtype.kind == "f" or value.dtype == ml_dtypes.bfloat16:
+            if value.dtype.kind == "f":
                 return value.astype(np.float64).tolist()
             return value.astype(np.int64).tolist()
         return {"array_shape": list(value.shape), "dtype": str(value.dtype)}

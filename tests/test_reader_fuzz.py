@@ -124,3 +124,64 @@ def test_writer_round_trips_through_torch_and_the_reader(shapes, dtypes, seed):
         assert read["state_dict"][key].tobytes() == value.tobytes()
     with zipfile.ZipFile(path) as archive:
         assert archive.testzip() is None
+
+
+def _view_file(numel: int, member_elems: int, offset: int, size: tuple, stride: tuple, shared: bool) -> bytes:
+    """A .pth file with one hand-made tensor view (and optionally a second view of the same storage)."""
+    import struct
+
+    def global_(module, name):
+        return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+    def text(value):
+        return b"X" + struct.pack("<I", len(value.encode())) + value.encode()
+
+    def integer(value):
+        return b"J" + struct.pack("<i", value)
+
+    def tensor(off, sz, st):
+        pid = b"(" + text("storage") + global_("torch", "FloatStorage") + text("0") + text("cpu") + integer(numel) + b"tQ"
+        return (global_("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + integer(off)
+                + b"(" + b"".join(map(integer, sz)) + b"t(" + b"".join(map(integer, st)) + b"t"
+                + b"\x89" + global_("collections", "OrderedDict") + b")Rt" + b"R")
+
+    body = b"}(" + text("v") + tensor(offset, size, stride)
+    if shared:
+        body += text("whole") + tensor(0, (numel,), (1,))
+    pickle_bytes = b"\x80\x02" + body + b"u."
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle_bytes)
+        archive.writestr("archive/data/0", np.arange(member_elems, dtype=np.float32).tobytes())
+    return buffer.getvalue()
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(numel=st.integers(0, 40), extra=st.integers(-8, 4), offset=st.integers(-3, 45),
+       size=st.lists(st.integers(-2, 7), max_size=4), stride_seed=st.lists(st.integers(-3, 12), min_size=4, max_size=4),
+       shared=st.booleans())
+def test_tensor_views_are_exactly_the_checked_ones(numel, extra, offset, size, stride_seed, shared):
+    """Random offsets/sizes/strides/storage lengths: a view inside its storage loads with exactly the
+    values index arithmetic gives; any other view is refused with the project's error."""
+    from pthnet_jax.convert import CheckpointError
+
+    size = tuple(size)
+    stride = tuple(stride_seed[:len(size)])
+    member_elems = max(numel + extra, 0)
+    path = _write(_view_file(numel, member_elems, offset, size, stride, shared), "view.pth")
+    count = int(np.prod(size)) if size else 1
+    valid = offset >= 0 and all(n >= 0 for n in size) and all(s >= 0 for s in stride)
+    extent = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride)) if valid and count else 0
+    valid = valid and extent <= numel and (extent <= member_elems) and (not shared or numel <= member_elems)
+    try:
+        loaded = read_torch_file(path)
+    except CheckpointError as err:
+        assert not err.unexpected and str(err).startswith(str(path)), str(err)
+        assert not valid, str(err)
+        return
+    assert valid
+    expected = np.zeros(size, np.float32)
+    for index in np.ndindex(*size):
+        expected[index] = offset + sum(i * s for i, s in zip(index, stride))
+    np.testing.assert_array_equal(loaded["v"], expected)
+    assert loaded["v"].flags.c_contiguous and loaded["v"].dtype == np.float32
