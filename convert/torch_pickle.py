@@ -71,7 +71,9 @@ class ReadLimits:
 
 
 DEFAULT_LIMITS = ReadLimits()
-_DIM_LIMIT = 1 << 62  # any size/stride/offset beyond this is nonsense (and near int64 overflow)
+# Any size, stride, offset, element count or product of non-zero sizes beyond this is nonsense (2**48
+# elements is 1 PiB of bytes); the bound keeps every byte count numpy computes far from int64 overflow.
+_DIM_LIMIT = 1 << 48
 
 
 class Placeholder:
@@ -478,6 +480,9 @@ class _Machine:
         if not all(type(v) is int and 0 <= v < _DIM_LIMIT for v in (offset, *size, *stride)):
             self._fail(f"tensor view (offset {show(offset)}, sizes {show(size)}, strides {show(stride)}): "
                        "offset, sizes and strides must be non-negative integers")
+        if math.prod(max(n, 1) for n in size) >= _DIM_LIMIT:
+            self._fail(f"tensor view with sizes {show(size)}: too many elements")
+        stride = tuple(s if n > 1 else 0 for n, s in zip(size, stride))  # unused strides: no effect
         numel = math.prod(size)
         extent = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride)) if numel else 0
         if extent > storage.numel:
@@ -537,6 +542,8 @@ class _Machine:
         if not isinstance(shape, (tuple, list)) or len(shape) > self.limits.max_ndim or \
                 not all(type(n) is int and 0 <= n < _DIM_LIMIT for n in shape):
             self._fail(f"numpy array with shape {show(shape)}")
+        if math.prod(max(n, 1) for n in shape) >= _DIM_LIMIT:
+            self._fail(f"numpy array with shape {show(shape)}: too many elements")
         if not isinstance(raw, bytes):
             self._fail("numpy array whose data is not bytes (object arrays are not allowed)", unsafe=True)
         count = math.prod(shape)

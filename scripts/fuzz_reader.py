@@ -4,9 +4,10 @@
 
 Each input is a seed file (torch.save of state dicts and of a checkpoint shaped like the original
 training script's) with one or more mutations: flipped bytes, truncation, pickle opcodes deleted /
-duplicated / spliced in, integer arguments (storage sizes, offsets, sizes, strides, memo indices)
+duplicated / spliced in (also runs of another seed's opcodes), integer arguments (storage sizes, offsets, sizes, strides, memo indices)
 replaced, storage members shortened or grown, zip members reordered / dropped / duplicated, zip
-header size fields changed. Every input runs in a worker process under `RLIMIT_AS` (default 1 GiB)
+header size fields changed; and files of hand-made tensor views (random storage types, sizes, offsets,
+sizes and strides, storage member lengths). Every input runs in a worker process under `RLIMIT_AS` (default 1 GiB)
 and a per-input time limit; the outcome must be a clean load or a `CheckpointError` naming the file
 (and not the reader's last-resort "unexpected" error). Anything else (another exception, a signal, a
 timeout, memory exhaustion) is a finding: the input is saved under --out and listed in the summary.
@@ -196,9 +197,66 @@ def mutate_pickle(pickle_bytes: bytes, choose: Choose) -> bytes:
     return pickle_bytes[:pos] + encoded + pickle_bytes[nxt:]
 
 
+_DONORS: list[bytes] = []  # pickles of the seeds, for cross-seed splices (filled by set_donors)
+
+
+def set_donors(seeds: dict[str, bytes]) -> None:
+    _DONORS[:] = [payload for data in seeds.values() for name, payload in _members(data)
+                  if name.endswith("/data.pkl")]
+
+
+def splice_from_donor(pickle_bytes: bytes, choose: Choose) -> bytes:
+    """Insert a run of opcodes of another seed's pickle (real tensor calls, memo ops, marks)."""
+    if not _DONORS:
+        return mutate_pickle(pickle_bytes, choose)
+    donor = _pick(choose, _DONORS)
+    ops = _opcodes(donor)
+    i = choose(0, len(ops) - 1)
+    j = min(len(ops) - 1, i + choose(1, 40))
+    piece = donor[ops[i][2]:ops[j][2]]
+    target = _opcodes(pickle_bytes)
+    at = target[choose(0, len(target) - 1)][2] if target else 0
+    return pickle_bytes[:at] + piece + pickle_bytes[at:]
+
+
+def crafted_view(choose: Choose) -> bytes:
+    """A file with hand-made tensor views: random storage sizes, offsets, sizes, strides, dtypes."""
+    def text(value: str) -> bytes:
+        return b"X" + struct.pack("<I", len(value)) + value.encode()
+
+    def integer(value: int) -> bytes:
+        return b"J" + struct.pack("<i", value) if -(1 << 31) <= value < (1 << 31) else \
+            b"\x8a\x08" + struct.pack("<q", max(min(value, (1 << 63) - 1), -(1 << 63)))
+
+    kinds = ["FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "BoolStorage", "ByteStorage",
+             "DoubleStorage", "ComplexFloatStorage"]
+    sizes = {"FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8, "BoolStorage": 1,
+             "ByteStorage": 1, "DoubleStorage": 8, "ComplexFloatStorage": 8}
+    members, body = [], b"}("
+    for t in range(choose(1, 4)):
+        key = str(choose(0, 2))
+        kind = _pick(choose, kinds)
+        numel = _pick(choose, [0, 1, 2, 7, 16, 64, choose(0, 100), _random_int(choose), 1 << 40])
+        ndim = choose(0, 4)
+        size = [_pick(choose, [0, 1, 2, 3, 5, choose(0, 20), _random_int(choose), 1 << 33]) for _ in range(ndim)]
+        stride = [_pick(choose, [0, 1, 2, 4, choose(0, 20), _random_int(choose), 1 << 33]) for _ in range(ndim)]
+        offset = _pick(choose, [0, 1, choose(0, 70), _random_int(choose)])
+        pid = b"(" + text("storage") + b"ctorch\n" + kind.encode() + b"\n" + text(key) + text("cpu") + \
+            integer(numel) + b"tQ"
+        body += text(f"t{t}") + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + integer(offset) + b"(" + \
+            b"".join(map(integer, size)) + b"t(" + b"".join(map(integer, stride)) + b"t\x89" + \
+            b"ccollections\nOrderedDict\n)Rt" + b"R"
+        length = max(0, min(numel if 0 <= numel < (1 << 20) else 64, 4096) * sizes[kind] + choose(-8, 8))
+        members.append((f"archive/data/{key}", bytes(choose(0, 255) for _ in range(min(length, 64))) +
+                        bytes(max(0, length - 64))))
+    members.insert(0, ("archive/data.pkl", b"\x80\x02" + body + b"u."))
+    unique = dict(members)
+    return _zip(list(unique.items()))
+
+
 def mutate(data: bytes, choose: Choose) -> bytes:
     """One random mutation of a .pth file's bytes (a byte flip when the structure is already broken)."""
-    kind = choose(0, 8)
+    kind = choose(0, 9)
     try:
         return _mutate(data, choose, kind)
     except Exception:  # noqa: BLE001 - an earlier mutation broke the zip or the pickle
@@ -215,6 +273,8 @@ def _mutate(data: bytes, choose: Choose, kind: int) -> bytes:
         return data[:choose(0, len(data) - 1)]
     if kind in (2, 3, 4):  # pickle surgery (several kinds weigh more: it reaches the most code)
         return _replace_member(data, "/data.pkl", lambda p: mutate_pickle(p, choose))
+    if kind == 9:  # a run of another seed's opcodes spliced in
+        return _replace_member(data, "/data.pkl", lambda p: splice_from_donor(p, choose))
     members = _members(data)
     if kind == 5:  # reorder, drop or duplicate zip members
         action = choose(0, 2)
@@ -355,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     choose: Choose = rng.randint
     seeds = seed_files()
+    set_donors(seeds)
     runner = _Runner(args.memory_mb, args.timeout)
     counts: collections.Counter = collections.Counter()
     findings: list[dict] = []
@@ -363,8 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fuzz-reader-") as tmp:
         path = os.path.join(tmp, "input.pth")
         while time.monotonic() - start < args.seconds:
-            name = rng.choice(sorted(seeds))
-            data = mutated(seeds[name], choose)
+            if rng.random() < 0.15:
+                name, data = "crafted_view", crafted_view(choose)
+                if rng.random() < 0.5:
+                    data = mutated(data, choose, rounds=1)
+            else:
+                name = rng.choice(sorted(seeds))
+                data = mutated(seeds[name], choose, rounds=rng.randint(1, 5))
             with open(path, "wb") as handle:
                 handle.write(data)
             began = time.monotonic()

@@ -136,6 +136,22 @@ def test_views_outside_their_storage(tmp_path, offset, size, stride, why):
     refused(path, match=why)
 
 
+def test_views_numpy_cannot_represent(tmp_path):
+    """Found by scripts/fuzz_reader.py: empty views with huge other sizes, and huge strides on size-1
+    dimensions, overflowed numpy's byte counts (a raw ValueError). Now refused, or read exactly."""
+    empty = archive(tmp_path / "empty.pth", PICKLE(DICT((S("w"), TENSOR("0", 16, 0, (0, 1 << 40, 1 << 40), (1, 1, 1))))),
+                    {"0": FLOATS.tobytes()})
+    refused(empty, match="too many elements")
+    wide = archive(tmp_path / "wide.pth", PICKLE(DICT((S("w"), TENSOR("0", 16, 0, (2, 1, 3), (5, (1 << 47), 2))))),
+                   {"0": FLOATS.tobytes()})
+    np.testing.assert_array_equal(read_torch_file(wide)["w"], np.array([[[0, 2, 4]], [[5, 7, 9]]], np.float32))
+    reconstruct = CALL(G("numpy.core.multiarray", "_reconstruct"), G("numpy", "ndarray"), T(I(0)), B(b"b"))
+    f4 = CALL(G("numpy", "dtype"), S("f4"), b"\x89\x88")
+    state = T(I(1), T(I(0), I(1 << 46), I(1 << 46)), f4, b"\x89", B(b""))
+    refused(archive(tmp_path / "nparray.pth", PICKLE(DICT((S("w"), reconstruct + state + b"b")))),
+            match="too many elements")
+
+
 def test_storage_shorter_than_declared(tmp_path):
     path = archive(tmp_path / "short.pth", PICKLE(DICT((S("w"), TENSOR("0", 16, 0, (16,), (1,))))),
                    {"0": FLOATS.tobytes()[:40]})
