@@ -37,7 +37,7 @@ _spec.loader.exec_module(fuzz)
 _SEEDS = fuzz.seed_files()
 _TMP = Path(tempfile.mkdtemp(prefix="pthnet-reader-fuzz-"))
 _MEMORY_BOUND = 160 << 20  # inputs are a few KB; copies of overlapping views are capped at 64 MiB
-_FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
+_FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
