@@ -1021,6 +1021,8 @@ def read_torch_file(path: str | os.PathLike, limits: ReadLimits = DEFAULT_LIMITS
         return _read(path, limits)
     except CheckpointError as err:
         raise _as_read_error(err, source) from None
+    except OSError as err:  # opening or reading the file itself (permissions, I/O)
+        raise CheckpointReadError(source, f"cannot read the file ({show(err.strerror or str(err), 200)})") from err
     except Exception as err:  # noqa: BLE001 - the promise is: only CheckpointError leaves the reader
         raise CheckpointReadError(source, f"unexpected {type(err).__name__} while reading "
                                   f"({show(str(err), 200)})", unexpected=True) from err
