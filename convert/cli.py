@@ -42,6 +42,20 @@ def _import_to_directory(src: Path, dst: Path):
     return imported
 
 
+def _file_to_file(src: Path, dst: Path) -> int:
+    """A `.pth`/`.safetensors` file to another such file: imported (checked), then exported."""
+    import tempfile
+
+    from pthnet_jax.convert.io import export_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix=".pthnet-convert-", dir=dst.absolute().parent) as scratch:
+        imported = _import_to_directory(src, Path(scratch) / "checkpoint")
+        summary = export_checkpoint(Path(scratch) / "checkpoint", dst)
+    _say(f"converted {src} -> {dst}: {summary['num_params']:,} parameters; {_describe(imported.config)}; "
+         "the model's tensors only (an optimizer state or training recorder in SRC is not carried over)")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="pthnet convert", description="Convert between original PyTorch PTH-Net .pth files (or "
@@ -65,7 +79,12 @@ def main(argv: list[str]) -> int:
     if src.absolute() == dst.absolute():
         _say(f"pthnet convert: SRC and DST are the same path ({src})", err=True)
         return 2
+    if src.is_dir() and not (src / "pthnet").exists() and (src / "best" / "pthnet").exists():
+        src = src / "best"  # a training workdir: its best checkpoint, as load_model and evaluate take it
+        _say(f"{args.src} is a training run: converting its best checkpoint {src}")
     try:
+        if src.is_file() and dst.suffix in (".pth", ".safetensors"):
+            return _file_to_file(src, dst)
         if src.is_file():
             imported = _import_to_directory(src, dst)
             n = count_params(imported.variables["params"])
