@@ -14,10 +14,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pthnet_jax.convert.config_json import config_from_dict
 from pthnet_jax.convert.errors import CheckpointError, CheckpointLimitError, CheckpointReadError, show
 from pthnet_jax.convert.mapping import MappingError, flax_to_torch, strip_prefix, torch_to_flax
-from pthnet_jax.convert.torch_pickle import (DEFAULT_LIMITS, ReadLimits, _Budget,
-                                             read_torch_file, to_plain)
+from pthnet_jax.convert.read_limits import _Budget
+from pthnet_jax.convert.torch_pickle import DEFAULT_LIMITS, ReadLimits, read_torch_file, to_plain
 from pthnet_jax.models.pthnet import ModelConfig, count_params
 
 # Where a training checkpoint keeps its model weights, in the order they are looked for:
@@ -222,25 +223,4 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[st
 def config_from_json(text: str) -> ModelConfig:
     """A ModelConfig from JSON text, fields type-checked (ValueError otherwise)."""
     values = json.loads(text)
-    return _config_from_dict(values)
-
-
-def _config_from_dict(values: Any) -> ModelConfig:
-    if not isinstance(values, dict):
-        raise ValueError("model_config is not an object")
-    defaults = ModelConfig()
-    for name, value in values.items():
-        if not hasattr(defaults, name):
-            raise ValueError(f"unknown field {show(name)}")
-        default = getattr(defaults, name)
-        if isinstance(default, tuple):
-            ok = isinstance(value, list) and all(type(v) is int for v in value)
-        elif isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = type(value) in (int, float)
-        else:
-            ok = type(value) is type(default)
-        if not ok:
-            raise ValueError(f"field {name} has the wrong type ({type(value).__name__})")
-    return ModelConfig.from_dict(values)
+    return config_from_dict(values)

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pthnet_jax.convert.config_json import config_from_dict
 from pthnet_jax.convert.errors import CheckpointLimitError, CheckpointReadError, show
 from pthnet_jax.convert.torch_pickle import DEFAULT_LIMITS, ReadLimits
 from pthnet_jax.fsutil import atomic_path
@@ -72,7 +73,6 @@ def read_safetensors(path: str | os.PathLike, limits: ReadLimits = DEFAULT_LIMIT
 
 def provenance_from_metadata(path: Path, metadata: Mapping[str, str]):
     """(ModelConfig or None, provenance dict) from the `pthnet` metadata entry, when there is one."""
-    from pthnet_jax.convert.io import _config_from_dict
     from pthnet_jax.convert.mapping import MappingError, check_config_bounds
 
     text = metadata.get(META_KEY)
@@ -84,7 +84,7 @@ def provenance_from_metadata(path: Path, metadata: Mapping[str, str]):
         info = json.loads(text)
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
-        config = _config_from_dict(info.get("model_config"))
+        config = config_from_dict(info.get("model_config"))
         check_config_bounds(config)
     except (ValueError, TypeError, RecursionError, MappingError) as err:
         raise CheckpointReadError(path, f"invalid 'pthnet' metadata ({show(str(err), 300)})") from None

@@ -346,10 +346,11 @@ def check_file(path: str) -> str:
 
 
 def _worker(conn, memory_mb: int) -> None:
+    import importlib
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-    import pthnet_jax.convert  # noqa: F401 - import once, before the inputs
+    importlib.import_module("pthnet_jax.convert")  # import once, before the inputs (outside their timeout)
 
     conn.send("ready")
     while True:
