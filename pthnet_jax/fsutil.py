@@ -106,7 +106,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
 
 @contextlib.contextmanager
 def staged_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
-    """Yield a staging path beside `path` (not created: the writer makes it); swap it in on success.
+    """Yield an empty staging directory beside `path`; swap it in when the block succeeds.
 
     An existing `path` is moved aside only once the new content is complete and removed after the
     swap, so a failure at any point leaves either the old or the new directory in place, never a
@@ -120,9 +120,10 @@ def staged_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     remove_stale_staging(path)
     staging, retired = _hidden(path, _STAGING), _hidden(path, _RETIRED)
     remove_path(staging)
+    staging.mkdir()
     try:
         yield staging
-        if not staging.exists():
+        if not staging.exists():  # a writer that must create the directory itself removed it
             raise FileNotFoundError(f"{staging}: the writer produced nothing")
         swap_in(staging, path, retired)
     finally:
