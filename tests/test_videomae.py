@@ -11,8 +11,8 @@ import torch
 
 from pthnet_jax.convert.videomae import (VideoMAEMappingError, flax_shapes, infer_config, key_table,
                                          load_checkpoint, torch_to_flax, unwrap)
-from pthnet_jax.models.videomae import (CHECKPOINT_FILE, SIZES, VideoMAE, VideoMAEConfig, count_params,
-                                        load_videomae, param_shapes, preprocess, sinusoid_table)
+from pthnet_jax.models.videomae import (CHECKPOINT_FILE, SIZES, VideoMAE, VideoMAEConfig, chunked_attention,
+                                        count_params, load_videomae, param_shapes, preprocess, sinusoid_table)
 from videomae_torch_reference import VisionTransformer, position_table, randomise
 
 # A tiny member of the family: MLP ratio not 4 (like the giant), non-square head count, 2 tubelets.
@@ -111,6 +111,26 @@ def test_a_wrong_mapping_would_show(apply_tiny):
     block = swapped["blocks_1"]
     block["norm1"], block["norm2"] = block["norm2"], block["norm1"]
     assert _relative_error(np.asarray(apply_tiny({"params": swapped}, frames)), want) > 1e-3
+
+
+@pytest.mark.parametrize("num_tokens", [17, 18])  # 17: the last block of queries is padded
+def test_chunked_attention_equals_dot_product_attention(num_tokens):
+    rng = np.random.default_rng(num_tokens)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, num_tokens, 3, 8), dtype=np.float32)) for _ in range(3))
+    want = jax.nn.dot_product_attention(q, k, v)
+    for score_block in (3 * num_tokens * 7, 1 << 20):  # blocks of 7 (or 6) query rows; all rows at once
+        got = jax.jit(chunked_attention, static_argnums=3)(q, k, v, score_block)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def test_both_attention_paths_give_the_same_features(apply_tiny):
+    variables = {"params": torch_to_flax(_numpy_state_dict(_torch_model(seed=5)), TINY)[1]}
+    frames = _frames(seed=5)
+    chunked = np.asarray(jax.jit(VideoMAE(TINY, attention="chunked").apply)(variables, frames))
+    fused = np.asarray(jax.jit(VideoMAE(TINY, attention="dot_product_attention").apply)(variables, frames))
+    assert _relative_error(chunked, fused) < 1e-6
+    with pytest.raises(ValueError, match="unknown attention"):
+        VideoMAE(TINY, attention="flash").apply(variables, frames)
 
 
 def test_position_table_is_interleaved_sin_cos():
