@@ -259,34 +259,45 @@ def flax_shapes(config: VideoMAEConfig) -> dict[str, tuple[int, ...]]:
 # --- files --------------------------------------------------------------------------------------
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
-    """A `.pth` (via the safe reader, no PyTorch) or `.safetensors` file -> flat state dict + notes."""
+    """A `.pth` or `.safetensors` file -> flat, prefix-stripped state dict + notes.
+
+    Read by the project's safe reader (`pthnet_jax.convert.state_dict_from_file`: nothing in the
+    file is executed, PyTorch is not needed); `{'module': ...}` / `{'model': ...}` containers and
+    `module.` / `_orig_mod.` prefixes are unwrapped here whatever the reader left.
+    """
     path = Path(path)
     source = str(path)
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        try:
-            loaded = load_file(path)
-        except Exception as err:  # safetensors raises its own error types
-            raise VideoMAEMappingError(f"{source}: cannot read the safetensors file ({err})") from err
-        return unwrap(loaded, source)
-    loaded = _read_pth(path)
+    loaded = _read_with_project_reader(path)
+    if loaded is None:  # a reader without support for this container or format
+        loaded = _read_fallback(path)
     return unwrap(loaded, source)
 
 
-def _read_pth(path: Path) -> Any:
+def _read_with_project_reader(path: Path) -> Any:
     from pthnet_jax.convert import state_dict_from_file
-    from pthnet_jax.convert.torch_pickle import CheckpointReadError, read_torch_file
 
     try:
         state_dict, _ = state_dict_from_file(path)
         return state_dict
-    except CheckpointReadError as err:
-        # The generic reader refuses containers it does not know ({'module': ...}, {'model': ...});
-        # read the file again as plain data and unwrap it here. Outside the `except` block, so the
-        # first attempt's arrays are released first.
-        if "non-tensor entries" not in str(err) and "expected a dict" not in str(err):
-            raise
+    except ValueError as err:
+        # Earlier versions of the reader refuse `{'module': ...}` containers ("non-tensor entries")
+        # and do not read safetensors ("not a zip archive"); anything else is the file's fault.
+        message = str(err)
+        if "non-tensor entries" in message or (path.suffix == ".safetensors" and "not a zip" in message):
+            return None  # read again outside this block, once the first attempt's arrays are released
+        raise
+
+
+def _read_fallback(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+            raise VideoMAEMappingError(f"{path}: cannot read the safetensors file ({err})") from None
+    from pthnet_jax.convert.torch_pickle import read_torch_file
+
     return read_torch_file(path)
 
 
