@@ -208,7 +208,31 @@ def chunked_attention(q: Array, k: Array, v: Array, score_block: int = SCORE_BLO
     return jax.lax.map(one_clip, (q, k, v))
 
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "dot_product_attention", "chunked")
+ATTENTION_IMPLEMENTATIONS = ("auto", "chunked", "dot_product_attention", "cudnn")
+
+
+def attention(q: Array, k: Array, v: Array, implementation: str = "auto") -> Array:
+    """softmax(q k^T / sqrt(head_dim)) v over (B, N, heads, head_dim), by one of the implementations.
+
+    "chunked": `chunked_attention`; "dot_product_attention": `jax.nn.dot_product_attention` (XLA);
+    "cudnn": its fused cuDNN kernel (GPU, float16/bfloat16 only). "auto" picks "chunked" on CPU,
+    "cudnn" on GPU for half-precision inputs when cuDNN accepts them (else XLA), and XLA otherwise.
+    All give the original's numbers up to rounding.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; "
+                         f"known: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    backend = jax.default_backend()
+    if implementation == "chunked" or (implementation == "auto" and backend == "cpu"):
+        return chunked_attention(q, k, v)
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    if implementation == "auto" and backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:  # cuDNN's checks (dtype, head size, library version) run here, at trace time
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
 class Attention(nn.Module):
@@ -232,16 +256,7 @@ class Attention(nn.Module):
         qkv = qkv.reshape(*qkv.shape[:-1], 3, heads, cfg.head_dim)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         # Scale head_dim^-0.5, softmax over keys (what the original computes by hand).
-        implementation = self.implementation
-        if implementation == "auto":
-            implementation = "chunked" if jax.default_backend() == "cpu" else "dot_product_attention"
-        if implementation == "chunked":
-            out = chunked_attention(q, k, v)
-        elif implementation == "dot_product_attention":
-            out = jax.nn.dot_product_attention(q, k, v)  # cuDNN's fused kernel on GPU where it applies
-        else:
-            raise ValueError(f"unknown attention implementation {self.implementation!r}; "
-                             f"known: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        out = attention(q, k, v, self.implementation)
         out = out.reshape(*out.shape[:-2], dim)
         return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
 
@@ -276,9 +291,8 @@ class VideoMAE(nn.Module):
 
     `dtype` is the compute dtype (float32 reproduces the original; bfloat16 for speed). Parameters
     are used in whatever dtype they are given (e.g. the checkpoint's float16) and cast to `dtype`
-    inside each layer. The token mean and `fc_norm` run in float32. `attention`: "auto" (the
-    default: `jax.nn.dot_product_attention` on accelerators, `chunked_attention` on CPU),
-    "dot_product_attention" or "chunked"; they give the same numbers up to rounding.
+    inside each layer. The token mean and `fc_norm` run in float32. `attention` picks the
+    attention implementation (see `attention`; "auto" by default).
     """
 
     config: VideoMAEConfig = VideoMAEConfig()
@@ -343,5 +357,5 @@ def load_videomae(path: str, dtype: Any = None, compute_dtype: Any = jnp.float32
 
 
 __all__ = ["ATTENTION_IMPLEMENTATIONS", "CHECKPOINT_FILE", "SIZES", "VideoMAE", "VideoMAEConfig",
-           "chunked_attention", "count_params", "init_params",
+           "attention", "chunked_attention", "count_params", "init_params",
            "load_videomae", "param_shapes", "preprocess", "sinusoid_table"]
