@@ -124,13 +124,14 @@ def test_chunked_attention_equals_dot_product_attention(num_tokens):
 
 
 def test_both_attention_paths_give_the_same_features(apply_tiny):
-    variables = {"params": torch_to_flax(_numpy_state_dict(_torch_model(seed=5)), TINY)[1]}
+    config = dataclasses.replace(TINY, depth=1)
+    variables = {"params": torch_to_flax(_numpy_state_dict(_torch_model(config, seed=5)), config)[1]}
     frames = _frames(seed=5)
-    chunked = np.asarray(jax.jit(VideoMAE(TINY, attention="chunked").apply)(variables, frames))
-    fused = np.asarray(jax.jit(VideoMAE(TINY, attention="dot_product_attention").apply)(variables, frames))
+    chunked = np.asarray(jax.jit(VideoMAE(config, attention="chunked").apply)(variables, frames))
+    fused = np.asarray(jax.jit(VideoMAE(config, attention="dot_product_attention").apply)(variables, frames))
     assert _relative_error(chunked, fused) < 1e-6
     with pytest.raises(ValueError, match="unknown attention"):
-        VideoMAE(TINY, attention="flash").apply(variables, frames)
+        jax.eval_shape(VideoMAE(config, attention="flash").apply, variables, frames)
 
 
 def test_position_table_is_interleaved_sin_cos():
@@ -287,7 +288,9 @@ def test_family_sizes_round_trip_through_inference(name):
     config = VideoMAEConfig.from_name(name)
     fake = {key: np.broadcast_to(np.zeros((), np.float16), shape) for key, _, _, shape in key_table(config)}
     assert infer_config(fake) == config
-    assert count_params(param_shapes(config)["params"]) == sum(int(np.prod(s)) for s in flax_shapes(config).values())
+    if name in ("small", "base"):  # tracing is slow for the deep ones; the giant has its own test
+        assert count_params(param_shapes(config)["params"]) == sum(
+            int(np.prod(s)) for s in flax_shapes(config).values())
 
 
 def test_config_checks():
