@@ -44,6 +44,20 @@ class LoadedVideoMAE:
     notes: list[str]
 
 
+def describe(config: VideoMAEConfig, params: Any = None) -> str:
+    """One line naming the model a checkpoint holds (for `pthnet convert` and logs)."""
+    text = (f"VideoMAE V2 ViT {config.name or '(custom size)'}: {config.embed_dim}-d, {config.depth} blocks, "
+            f"{config.num_heads} heads, MLP {config.mlp_dim}, patch {config.tubelet_size}x{config.patch_size}"
+            f"x{config.patch_size}")
+    if params is not None:
+        import jax
+
+        leaves = jax.tree.leaves(params)
+        dtypes = sorted({str(leaf.dtype) for leaf in leaves})
+        text += f", {sum(int(np.prod(leaf.shape)) for leaf in leaves):,} parameters ({'/'.join(dtypes)})"
+    return text
+
+
 # --- containers and prefixes ------------------------------------------------------------------
 
 def unwrap(loaded: Any, source: str = "<state dict>") -> tuple[dict[str, Any], list[str]]:
@@ -327,6 +341,6 @@ def load_checkpoint(path: str | os.PathLike, config: VideoMAEConfig | None = Non
     return LoadedVideoMAE(config, {"params": params}, notes + more)
 
 
-__all__ = ["DROPPED", "LoadedVideoMAE", "PRETRAINING_FILE", "VideoMAEMappingError", "check_keys",
+__all__ = ["DROPPED", "LoadedVideoMAE", "PRETRAINING_FILE", "VideoMAEMappingError", "check_keys", "describe",
            "flax_shapes", "infer_config", "is_pretraining", "is_videomae", "key_table", "load_checkpoint",
            "read_state_dict", "torch_to_flax", "unwrap"]

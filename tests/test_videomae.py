@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pthnet_jax.convert.videomae import (VideoMAEMappingError, flax_shapes, infer_config, key_table,
-                                         load_checkpoint, torch_to_flax, unwrap)
+from pthnet_jax.convert.videomae import (VideoMAEMappingError, describe, flax_shapes, infer_config, is_videomae,
+                                         key_table, load_checkpoint, torch_to_flax, unwrap)
 from pthnet_jax.models.videomae import (CHECKPOINT_FILE, SIZES, VideoMAE, VideoMAEConfig, chunked_attention,
                                         count_params, load_videomae, param_shapes, preprocess, sinusoid_table)
 from videomae_torch_reference import VisionTransformer, position_table, randomise
@@ -277,6 +277,8 @@ def test_giant_key_set_and_shapes_without_allocating():
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
     assert flat == flax_shapes(config)
     assert count_params(abstract) == 1_011_610_752
+    assert is_videomae(table) and describe(config, abstract).startswith("VideoMAE V2 ViT giant: 1408-d, 40 blocks")
+    assert "1,011,610,752 parameters" in describe(config, abstract)
     # And the mapping runs on the views (transposes are views too) with the same tree.
     _, params, _ = torch_to_flax(fake, config, place=lambda array, dtype: jax.ShapeDtypeStruct(array.shape, dtype))
     assert jax.tree.map(lambda s: (s.shape, s.dtype), params) == jax.tree.map(
