@@ -8,8 +8,13 @@ classification head is not part of this module.
 Input (channels last, unlike the original's (B, 3, T, H, W)):
     frames (B, num_frames, img_size, img_size, 3), float, RGB, values in [0, 1].
     No mean/std normalisation: the original extractor feeds `frames / 255` resized to 224 x 224
-    straight into the model. `preprocess` turns uint8 frames into that range.
+    straight into the model. `preprocess` turns uint8 frames into that range (the resize to
+    224 x 224 belongs to the video pipeline: bilinear, half-pixel centres, no antialiasing).
 Output: (B, embed_dim) float32 features.
+
+Compute dtype: `VideoMAE(config, dtype=...)`, float32 for the original's numbers, bfloat16 for
+speed. Attention: `chunked_attention` on CPU, `jax.nn.dot_product_attention` elsewhere (cuDNN's
+fused kernel for half precision on GPU); see `attention`.
 
 Parameter names mirror the original's module names (`patch_embed/proj`, `blocks_3/attn/qkv`,
 `blocks_3/attn/q_bias`, `fc_norm`, ...) so that `pthnet_jax.convert.videomae` is a table of renames
@@ -18,7 +23,6 @@ and transposes.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -342,17 +346,18 @@ def count_params(params: Any) -> int:
 
 
 def load_videomae(path: str, dtype: Any = None, compute_dtype: Any = jnp.float32,
-                  config: VideoMAEConfig | None = None, attention: str = "auto"
+                  config: VideoMAEConfig | None = None, attention: str = "auto", **overrides: Any
                   ) -> tuple[VideoMAE, dict[str, Any]]:
     """A VideoMAE V2 checkpoint (`.pth` or `.safetensors`) -> (module, {"params": ...}).
 
-    The size is inferred from the shapes unless `config` is given. Parameters keep the checkpoint's
-    precision (float16 for the released ViT-g) unless `dtype` asks for another; `compute_dtype` is
-    the module's compute dtype. Nothing in the file is executed and PyTorch is not needed.
+    The size is inferred from the shapes unless `config` is given (`overrides` such as num_heads,
+    num_frames, img_size complete the inferred config). Parameters keep the checkpoint's precision
+    (float16 for the released ViT-g) unless `dtype` asks for another; `compute_dtype` is the
+    module's compute dtype. Nothing in the file is executed and PyTorch is not needed.
     """
     from pthnet_jax.convert.videomae import load_checkpoint
 
-    loaded = load_checkpoint(path, config=config, dtype=dtype)
+    loaded = load_checkpoint(path, config=config, dtype=dtype, **overrides)
     return VideoMAE(loaded.config, dtype=compute_dtype, attention=attention), loaded.variables
 
 
