@@ -237,6 +237,9 @@ def test_bad_checkpoints_are_refused_with_the_file_and_key(tmp_path):
     path = save("pt.pth", {"model": pretraining})
     with pytest.raises(VideoMAEMappingError, match=rf"pt\.pth.*pre-training.*{CHECKPOINT_FILE}"):
         load_checkpoint(path)
+    absurd = {**state_dict, "blocks.999999999.norm1.weight": torch.ones(TINY.embed_dim)}
+    with pytest.raises(VideoMAEMappingError, match=r"absurd\.pth: blocks \[2, 3\] are missing.*up to 999999999"):
+        load_checkpoint(save("absurd.pth", absurd), num_heads=5)
     path = save("list.pth", [1, 2])
     with pytest.raises(ValueError, match=r"list\.pth"):
         load_checkpoint(path, config=TINY)
