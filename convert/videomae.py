@@ -110,7 +110,8 @@ def _shape(state_dict: Mapping[str, Any], key: str, source: str) -> tuple[int, .
     return tuple(int(n) for n in state_dict[key].shape)
 
 
-def infer_config(state_dict: Mapping[str, Any], source: str = "<state dict>", **overrides: Any) -> VideoMAEConfig:
+def infer_config(state_dict: Mapping[str, Any], source: str = "<state dict>",
+                 **overrides: Any) -> VideoMAEConfig:
     """Sizes from the shapes (width, depth, MLP width, patch, tubelet, channels).
 
     The number of heads is not in the shapes: it comes from the family member of that width
@@ -200,7 +201,8 @@ def key_table(config: VideoMAEConfig) -> list[tuple[str, str, Transform, tuple[i
     return table
 
 
-def check_keys(state_dict: Mapping[str, Any], config: VideoMAEConfig, source: str = "<state dict>") -> list[str]:
+def check_keys(state_dict: Mapping[str, Any], config: VideoMAEConfig,
+               source: str = "<state dict>") -> list[str]:
     """Strict key and shape check (no array is read). Returns notes on keys dropped on purpose."""
     if is_pretraining(state_dict):
         raise pretraining_error(source)
@@ -222,8 +224,9 @@ def check_keys(state_dict: Mapping[str, Any], config: VideoMAEConfig, source: st
         if "norm.weight" in state_dict and "fc_norm.weight" not in state_dict:
             problems.append("(a per-token 'norm' instead of 'fc_norm': not the mean-pooled fine-tuned "
                             f"model; use {CHECKPOINT_FILE})")
-        raise VideoMAEMappingError(f"{source}: the state dict does not fit VideoMAE {config.name or ''} "
-                                   f"({config.embed_dim}/{config.depth}/{config.num_heads}): " + "; ".join(problems))
+        size = f"{config.name or ''} ({config.embed_dim}/{config.depth}/{config.num_heads})"
+        raise VideoMAEMappingError(f"{source}: the state dict does not fit VideoMAE {size}: "
+                                   + "; ".join(problems))
     return [f"'{key}' not used (classification head)" for key in DROPPED if key in state_dict]
 
 

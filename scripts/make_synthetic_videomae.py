@@ -72,13 +72,15 @@ weights = sum(leaf.nbytes for leaf in jax.tree.leaves(variables))
 print(json.dumps({"baseline_rss_gib": baseline / 2**20, "peak_rss_gib": peak / 2**20,
                   "peak_over_baseline_gib": (peak - baseline) / 2**20, "weights_gib": weights / 2**30,
                   "after_rss_gib": rss_kib() / 2**20, "seconds": seconds,
-                  "num_params": count_params(variables["params"]), "dtype": str(jax.tree.leaves(variables)[0].dtype),
+                  "num_params": count_params(variables["params"]),
+                  "dtype": str(jax.tree.leaves(variables)[0].dtype),
                   "size": model.config.name}))
 """
 
 
 def measure(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], check=True, capture_output=True,
+                         text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -11,8 +11,9 @@ import torch
 
 from pthnet_jax.convert.videomae import (VideoMAEMappingError, describe, flax_shapes, infer_config, is_videomae,
                                          key_table, load_checkpoint, torch_to_flax, unwrap)
-from pthnet_jax.models.videomae import (CHECKPOINT_FILE, SIZES, VideoMAE, VideoMAEConfig, chunked_attention,
-                                        count_params, load_videomae, param_shapes, preprocess, sinusoid_table)
+from pthnet_jax.models.videomae import (CHECKPOINT_FILE, SIZES, VideoMAE, VideoMAEConfig, attention,
+                                        chunked_attention, count_params, load_videomae, param_shapes, preprocess,
+                                        sinusoid_table)
 from videomae_torch_reference import VisionTransformer, position_table, randomise
 
 # A tiny member of the family: MLP ratio not 4 (like the giant), non-square head count, 2 tubelets.
@@ -39,7 +40,8 @@ def _reference_features(model: VisionTransformer, frames: np.ndarray) -> np.ndar
 
 
 def _numpy_state_dict(model: torch.nn.Module, dtype=None) -> dict[str, np.ndarray]:
-    return {key: (value.to(dtype) if dtype else value).numpy().copy() for key, value in model.state_dict().items()}
+    return {key: (value.to(dtype) if dtype else value).numpy().copy()
+            for key, value in model.state_dict().items()}
 
 
 def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -97,7 +99,8 @@ def test_bfloat16_compute_stays_close(apply_tiny):
 
 
 def test_a_wrong_mapping_would_show(apply_tiny):
-    """The parity tests can fail: a k bias (the Scenic converter's mix-up) or swapped norms change the output."""
+    """The parity tests can fail: swapped q/v biases (cf. the Scenic converter's k/v bias mix-up) or swapped
+    norms change the output."""
     torch_model = _torch_model(seed=3)
     _, params, _ = torch_to_flax(_numpy_state_dict(torch_model), TINY)
     frames = _frames(seed=3)
@@ -134,6 +137,19 @@ def test_both_attention_paths_give_the_same_features(apply_tiny):
         jax.eval_shape(VideoMAE(config, attention="flash").apply, variables, frames)
 
 
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU: JAX_PLATFORMS=cuda pytest -k cudnn")
+def test_cudnn_attention_matches_xla_on_gpu():
+    """The giant's attention shape (2048 tokens, 16 heads of 88) through cuDNN's fused kernel."""
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 2048, 16, 88), dtype=np.float32), jnp.bfloat16)
+               for _ in range(3))
+    fused = jax.jit(attention, static_argnums=3)(q, k, v, "cudnn").astype(jnp.float32)
+    auto = jax.jit(attention, static_argnums=3)(q, k, v, "auto").astype(jnp.float32)
+    exact = jax.nn.dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)))
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(fused))
+    assert float(jnp.abs(fused - exact).max() / jnp.abs(exact).max()) < 2e-2
+
+
 def test_position_table_is_interleaved_sin_cos():
     table = sinusoid_table(37, 12)
     np.testing.assert_allclose(table, position_table(37, 12)[0].numpy(), rtol=0, atol=1e-7)
@@ -152,7 +168,8 @@ def test_preprocess_and_input_checks(apply_tiny):
 
 # --- checkpoint files ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["model", "bare", "module_prefix", "orig_mod_prefix", "state_dict", "safetensors"])
+@pytest.mark.parametrize("layout", ["model", "bare", "module_prefix", "orig_mod_prefix", "state_dict",
+                                    "safetensors"])
 def test_checkpoint_containers(tmp_path, layout):
     torch_model = _torch_model(seed=4)
     state_dict = torch_model.state_dict()
@@ -166,7 +183,8 @@ def test_checkpoint_containers(tmp_path, layout):
             "model": {"model": state_dict},
             "bare": state_dict,
             "module_prefix": {"module." + key: value for key, value in state_dict.items()},
-            "orig_mod_prefix": {"model": {"module._orig_mod." + key: value for key, value in state_dict.items()}},
+            "orig_mod_prefix": {"model": {"module._orig_mod." + key: value
+                                          for key, value in state_dict.items()}},
             "state_dict": {"state_dict": state_dict, "epoch": 3},
         }[layout]
         path = tmp_path / "tiny.pth"
@@ -233,12 +251,13 @@ def test_bad_checkpoints_are_refused_with_the_file_and_key(tmp_path):
     with pytest.raises(VideoMAEMappingError, match=r"shape\.pth.*blocks\.0\.mlp\.fc1\.bias: \(5,\)"):
         load_checkpoint(path, config=TINY)
     pretraining = {"encoder." + k: v for k, v in state_dict.items() if not k.startswith(("head", "fc_norm"))}
-    pretraining.update({"encoder.norm.weight": torch.ones(TINY.embed_dim), "decoder.head.weight": torch.ones(3, 2)})
+    pretraining.update({"encoder.norm.weight": torch.ones(TINY.embed_dim),
+                        "decoder.head.weight": torch.ones(3, 2)})
     path = save("pt.pth", {"model": pretraining})
     with pytest.raises(VideoMAEMappingError, match=rf"pt\.pth.*pre-training.*{CHECKPOINT_FILE}"):
         load_checkpoint(path)
     absurd = {**state_dict, "blocks.999999999.norm1.weight": torch.ones(TINY.embed_dim)}
-    with pytest.raises(VideoMAEMappingError, match=r"absurd\.pth: blocks \[2, 3\] are missing.*up to 999999999"):
+    with pytest.raises(VideoMAEMappingError, match=r"absurd\.pth: blocks \[2, 3\] are missing.*to 999999999"):
         load_checkpoint(save("absurd.pth", absurd), num_heads=5)
     path = save("list.pth", [1, 2])
     with pytest.raises(ValueError, match=r"list\.pth"):
@@ -259,7 +278,8 @@ def _giant_table() -> dict[str, tuple[int, ...]]:
         table[f"blocks.{i}.mlp.fc1.weight"] = (6144, 1408)
         table[f"blocks.{i}.mlp.fc1.bias"] = (6144,)
         table[f"blocks.{i}.mlp.fc2.weight"] = (1408, 6144)
-    table.update({"fc_norm.weight": (1408,), "fc_norm.bias": (1408,), "head.weight": (710, 1408), "head.bias": (710,)})
+    table.update({"fc_norm.weight": (1408,), "fc_norm.bias": (1408,),
+                  "head.weight": (710, 1408), "head.bias": (710,)})
     return table
 
 
@@ -280,10 +300,12 @@ def test_giant_key_set_and_shapes_without_allocating():
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
     assert flat == flax_shapes(config)
     assert count_params(abstract) == 1_011_610_752
-    assert is_videomae(table) and describe(config, abstract).startswith("VideoMAE V2 ViT giant: 1408-d, 40 blocks")
+    assert is_videomae(table)
+    assert describe(config, abstract).startswith("VideoMAE V2 ViT giant: 1408-d, 40 blocks")
     assert "1,011,610,752 parameters" in describe(config, abstract)
     # And the mapping runs on the views (transposes are views too) with the same tree.
-    _, params, _ = torch_to_flax(fake, config, place=lambda array, dtype: jax.ShapeDtypeStruct(array.shape, dtype))
+    _, params, _ = torch_to_flax(fake, config,
+                                 place=lambda array, dtype: jax.ShapeDtypeStruct(array.shape, dtype))
     assert jax.tree.map(lambda s: (s.shape, s.dtype), params) == jax.tree.map(
         lambda s: (s.shape, jnp.dtype(jnp.float16)), abstract)
 

@@ -65,7 +65,8 @@ class VideoMAEConfig:
         if self.img_size % self.patch_size:
             problems.append(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.num_frames % self.tubelet_size:
-            problems.append(f"num_frames={self.num_frames} is not divisible by tubelet_size={self.tubelet_size}")
+            problems.append(f"num_frames={self.num_frames} is not divisible by "
+                            f"tubelet_size={self.tubelet_size}")
         if min(self.embed_dim, self.depth, self.num_heads, self.mlp_dim, self.patch_size,
                self.tubelet_size, self.num_frames, self.img_size, self.in_chans) < 1:
             problems.append("every size must be positive")
