@@ -320,6 +320,17 @@ def test_family_sizes_round_trip_through_inference(name):
             int(np.prod(s)) for s in flax_shapes(config).values())
 
 
+def test_flops_per_clip():
+    assert abs(VideoMAEConfig().flops_per_clip / 5.09e12 - 1) < 1e-3  # the reference page's figure
+    config = VideoMAEConfig.from_name("small", depth=1, num_frames=4, img_size=64)
+    frames = jax.ShapeDtypeStruct((1, 4, 64, 64, 3), jnp.float32)
+    compiled = jax.jit(VideoMAE(config, attention="dot_product_attention").apply).lower(
+        param_shapes(config), frames).compile()
+    cost = compiled.cost_analysis()
+    xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert 1.0 <= xla_flops / config.flops_per_clip < 1.1  # XLA also counts norms, softmax, GELU
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="unknown VideoMAE size"):
         VideoMAEConfig.from_name("tiny")
