@@ -55,7 +55,8 @@ def write(path: Path, seed: int = 0) -> None:
 _MEASURE = """
 import json, resource, sys, time
 import jax, numpy as np
-from pthnet_jax.models.videomae import count_params, load_videomae
+from pthnet_jax.convert.videomae import load_videomae
+from pthnet_jax.models.videomae import count_params
 
 def rss_kib():
     with open("/proc/self/status") as f:

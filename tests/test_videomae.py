@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from pthnet_jax.convert.videomae import (VideoMAEMappingError, describe, flax_shapes, infer_config, is_videomae,
-                                         key_table, load_checkpoint, torch_to_flax, unwrap)
+                                         key_table, load_checkpoint, load_videomae, torch_to_flax, unwrap)
 from pthnet_jax.models.videomae import (CHECKPOINT_FILE, SIZES, VideoMAE, VideoMAEConfig, attention,
-                                        chunked_attention, count_params, load_videomae, param_shapes, preprocess,
+                                        chunked_attention, count_params, param_shapes, preprocess,
                                         sinusoid_table)
 from videomae_torch_reference import VisionTransformer, position_table, randomise
 
@@ -180,7 +180,7 @@ def test_checkpoint_containers(tmp_path, layout):
         save_file({"module." + key: value for key, value in _numpy_state_dict(torch_model).items()}, path)
     else:
         payload = {
-            "model": {"model": state_dict},
+            "model": {"model": state_dict, "epoch": 7},
             "bare": state_dict,
             "module_prefix": {"module." + key: value for key, value in state_dict.items()},
             "orig_mod_prefix": {"model": {"module._orig_mod." + key: value

@@ -18,7 +18,7 @@ fused kernel for half precision on GPU); see `attention`.
 
 Parameter names mirror the original's module names (`patch_embed/proj`, `blocks_3/attn/qkv`,
 `blocks_3/attn/q_bias`, `fc_norm`, ...) so that `pthnet_jax.convert.videomae` is a table of renames
-and transposes.
+and transposes; its `load_videomae(path)` gives (module, variables) from the released checkpoint.
 """
 from __future__ import annotations
 
@@ -332,49 +332,27 @@ class VideoMAE(nn.Module):
         return _layer_norm("fc_norm", cfg, jnp.float32)(pooled)
 
 
+def _dummy_frames(config: VideoMAEConfig) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1, config.num_frames, config.img_size, config.img_size, config.in_chans),
+                                jnp.float32)
+
+
 def init_params(config: VideoMAEConfig, rng: Array | None = None, dtype: Any = jnp.float32) -> dict[str, Any]:
     """Randomly initialised `{"params": ...}` for `config` (tests, demos), compiled as one program."""
-    rng = jax.random.key(0) if rng is None else rng
-    model = VideoMAE(config)
-    frames = jax.ShapeDtypeStruct((1, config.num_frames, config.img_size, config.img_size, config.in_chans),
-                                  jnp.float32)
-
-    @jax.jit
-    def init(key):
-        variables = model.init(key, jnp.zeros(frames.shape, frames.dtype))
-        return jax.tree.map(lambda p: p.astype(dtype), variables)
-
-    return init(rng)
+    frames = _dummy_frames(config)
+    init = jax.jit(lambda key: jax.tree.map(lambda p: p.astype(dtype), VideoMAE(config).init(
+        key, jnp.zeros(frames.shape, frames.dtype))))
+    return init(jax.random.key(0) if rng is None else rng)
 
 
 def param_shapes(config: VideoMAEConfig) -> dict[str, Any]:
     """The `{"params": ...}` tree of `config` as ShapeDtypeStructs, without allocating anything."""
-    model = VideoMAE(config)
-    frames = jax.ShapeDtypeStruct((1, config.num_frames, config.img_size, config.img_size, config.in_chans),
-                                  jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), frames)
+    return jax.eval_shape(VideoMAE(config).init, jax.random.key(0), _dummy_frames(config))
 
 
 def count_params(params: Any) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
-def load_videomae(path: str, dtype: Any = None, compute_dtype: Any = jnp.float32,
-                  config: VideoMAEConfig | None = None, attention: str = "auto", **overrides: Any
-                  ) -> tuple[VideoMAE, dict[str, Any]]:
-    """A VideoMAE V2 checkpoint (`.pth` or `.safetensors`) -> (module, {"params": ...}).
-
-    The size is inferred from the shapes unless `config` is given (`overrides` such as num_heads,
-    num_frames, img_size complete the inferred config). Parameters keep the checkpoint's precision
-    (float16 for the released ViT-g) unless `dtype` asks for another; `compute_dtype` is the
-    module's compute dtype. Nothing in the file is executed and PyTorch is not needed.
-    """
-    from pthnet_jax.convert.videomae import load_checkpoint
-
-    loaded = load_checkpoint(path, config=config, dtype=dtype, **overrides)
-    return VideoMAE(loaded.config, dtype=compute_dtype, attention=attention), loaded.variables
-
-
-__all__ = ["ATTENTION_IMPLEMENTATIONS", "CHECKPOINT_FILE", "SIZES", "VideoMAE", "VideoMAEConfig",
-           "attention", "chunked_attention", "count_params", "init_params",
-           "load_videomae", "param_shapes", "preprocess", "sinusoid_table"]
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "CHECKPOINT_FILE", "SIZES", "VideoMAE", "VideoMAEConfig", "attention",
+           "chunked_attention", "count_params", "init_params", "param_shapes", "preprocess", "sinusoid_table"]
