@@ -42,6 +42,28 @@ def _import_to_directory(src: Path, dst: Path):
     return imported
 
 
+def _videomae_description(src: Path) -> str | None:
+    """What a file that is not a PTH-Net checkpoint holds, when it is a VideoMAE V2 backbone."""
+    from pthnet_jax.convert import videomae
+
+    try:
+        state_dict, _ = videomae.read_state_dict(src)
+    except (ValueError, OSError):
+        return None
+    if not videomae.is_videomae(state_dict):
+        return None
+    if videomae.is_pretraining(state_dict):
+        return ("a VideoMAE V2 pre-training checkpoint (encoder + decoder); feature extraction needs the "
+                f"fine-tuned {videomae.CHECKPOINT_FILE}")
+    try:
+        config = videomae.infer_config(state_dict, str(src))
+    except ValueError:  # a width outside the family: heads unknown, the rest is in the shapes
+        depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
+        width = state_dict["patch_embed.proj.weight"].shape[0]
+        return f"a VideoMAE V2 ViT ({width}-d, {depth} blocks; a width outside the family)"
+    return videomae.describe(config, {k: v for k, v in state_dict.items()})
+
+
 def _file_to_file(src: Path, dst: Path) -> int:
     """A `.pth`/`.safetensors` file to another such file: imported (checked), then exported."""
     import tempfile
@@ -100,6 +122,12 @@ def main(argv: list[str]) -> int:
             _say(f"exported {src} -> {dst}: {summary['num_params']:,} parameters; "
                  f"{_describe(summary['config'])}; epoch={summary['epoch']}")
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: disk, permissions
+        backbone = _videomae_description(src) if src.is_file() else None
+        if backbone:
+            _say(f"pthnet convert: {src} holds {backbone}: a video backbone, not a PTH-Net checkpoint. "
+                 f"Use the file as it is: `pthnet extract --backbone {src}` or `pthnet predict --backbone "
+                 f"{src}` read it without PyTorch", err=True)
+            return 2
         _say(f"pthnet convert: {err}", err=True)
         return 2
     return 0

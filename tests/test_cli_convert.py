@@ -64,3 +64,17 @@ def test_refusals_are_one_line(workdir):
     (workdir / "exists.pth").write_bytes(b"x")
     result = _pthnet(workdir / "run", workdir / "exists.pth")
     assert result.returncode == 2 and "--force" in result.stderr
+
+
+def test_a_videomae_backbone_is_recognised(tmp_path):
+    import torch
+
+    from videomae_torch_reference import VisionTransformer, randomise
+
+    model = randomise(VisionTransformer(dim=40, depth=2, heads=5, hidden=72, patch=8, tubelet=2, frames=4, size=24,
+                                        num_classes=7), 0)
+    torch.save({"module": model.state_dict()}, tmp_path / "backbone.pth")
+    result = _pthnet(tmp_path / "backbone.pth", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "VideoMAE V2 ViT" in result.stderr and "2 blocks" in result.stderr and "--backbone" in result.stderr
+    assert not (tmp_path / "out").exists()
