@@ -5,10 +5,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pthnet_jax.models.pthnet import LEVELS, ModelConfig, PTHNet, init_variables
-
 __version__ = "0.1.0"
 __all__ = ["LEVELS", "ModelConfig", "PTHNet", "init_variables", "load_model", "__version__"]
+_MODEL_NAMES = ("LEVELS", "ModelConfig", "PTHNet", "init_variables")
+
+
+def __getattr__(name: str):
+    """The model names, imported on first use: `pthnet --version`, `synth` or `--help` need no JAX."""
+    if name in _MODEL_NAMES:
+        from pthnet_jax.models import pthnet
+
+        return getattr(pthnet, name)
+    raise AttributeError(f"module 'pthnet_jax' has no attribute {name!r}")
 
 
 def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[PTHNet, dict[str, Any]]:
@@ -16,7 +24,11 @@ def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[PTHNet, dict
 
     A `.pth` file is read without PyTorch and without running code from it. A training work
     directory is accepted too: its `best` checkpoint is used.
-    Returns `(model, variables)`; call `model.apply(variables, features, masks, train=False)`.
+    Returns `(model, variables)`. `model.apply(variables, features, masks, train=False)` takes dicts
+    keyed by level (`{"H": (B, T, n_in) float32}`, `{"H": (B, T) bool}`; evaluation uses level H,
+    `T = max_len` = 16 windows picked as the original's evaluation does) and returns a dict
+    `{"H": logits (B, num_classes)}` (training, `train=True`, returns `{"L", "M", "H"}`). For one
+    clip's raw windows of any length, use the inference helper, which samples as the original.
     """
     path = Path(path)
     if not path.exists():
@@ -32,4 +44,6 @@ def load_model(path: str | os.PathLike, dtype: Any = None) -> tuple[PTHNet, dict
         if not (path / "pthnet").exists() and (path / "best").exists():
             path = path / "best"
         config, variables, _, _ = load_checkpoint(path)
+    from pthnet_jax.models.pthnet import PTHNet
+
     return PTHNet(config, dtype=dtype), variables
