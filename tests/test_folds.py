@@ -37,6 +37,8 @@ def test_fold_data_is_checked_before_any_training(root, tmp_path):
     assert not (tmp_path / "runs").exists()
     assert_clean_error(pthnet(*base, "--data", tmp_path / "dfew_1"), "{fold} placeholder")
     assert_clean_error(pthnet(*base, "--data", tmp_path / "dfew_{fold}", "--folds", "0-3"), "[0] outside 1..5")
+    assert_clean_error(pthnet("folds", "--config", "ferv39k", "--data", "d_{fold}", "--workdir", tmp_path / "runs"),
+                       "single train/test split")
     usage = pthnet("folds", "--help")
     assert usage.returncode == 0
     for flag in ("--import-root", "--rv-data", "--import-args", "--mu", "--config.train.epochs="):

@@ -192,7 +192,11 @@ def main(argv: list[str]) -> int:
                 raise FoldsError(f"--{name} {values[name].value!r} needs a {{fold}} placeholder, e.g. 'data/dfew_{{fold}}'")
         if not 0.0 <= values.mu <= 1.0:
             raise FoldsError(f"--mu must be in [0, 1], got {values.mu}")
-        folds = parse_folds(values.folds, get_benchmark(config.benchmark).num_folds)
+        bench = get_benchmark(config.benchmark)
+        if bench.list_style != "fold":
+            raise FoldsError(f"{bench.name} has a single train/test split, no folds: use `pthnet train` "
+                             "(and `pthnet evaluate` to fuse forward and backward)")
+        folds = parse_folds(values.folds, bench.num_folds)
         root = values["import-root"].value
         result = run_folds(config, values.data, Path(values.workdir), folds, values["rv-data"].value, values.mu,
                            Path(root) if root else None, shlex.split(values["import-args"].value))
