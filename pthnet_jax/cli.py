@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pthnet {name}: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001
         # The commands report the errors they expect themselves; anything else is still one readable
-        # line (the traceback with PTHNET_DEBUG=1).
+        # line, not a traceback (which PTHNET_DEBUG=1 shows).
         if os.environ.get("PTHNET_DEBUG"):
             raise
         print(f"pthnet {name}: {type(err).__name__}: {err}\n(set PTHNET_DEBUG=1 for the traceback)",

@@ -125,3 +125,20 @@ def test_checkpoint_data_records_refuse_other_folds(tmp_path, monkeypatch):
         evaluation.check_checkpoint_data("forward", "model.pth", data, checks, False, True)
     evaluation.check_checkpoint_data("forward", "model.pth", data, checks, True, True)
     assert "model.pth" in checks["unchecked"][-1]
+
+
+def test_unexpected_errors_are_one_line_unless_debugging(monkeypatch, capsys):
+    import types
+
+    from pthnet_jax import cli
+
+    broken = types.ModuleType("broken_command")
+    broken.main = lambda argv: {}["no such key"]
+    monkeypatch.setitem(__import__("sys").modules, "broken_command", broken)
+    monkeypatch.setitem(cli.SUBCOMMANDS, "broken", ("broken_command", "raises"))
+    assert cli.main(["broken"]) == 1
+    err = capsys.readouterr().err
+    assert "pthnet broken: KeyError" in err and "PTHNET_DEBUG=1" in err and "Traceback" not in err
+    monkeypatch.setenv("PTHNET_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli.main(["broken"])
