@@ -42,7 +42,8 @@ def resolve_config(value: str) -> str:
     name = {"crema-d": "cremad", "crema_d": "cremad"}.get(name, name)
     if "/" not in path_part and name in config_names():
         return str(Path(configs.__file__).parent / f"{name}.py") + value[len(path_part):]
-    raise ValueError(f"--config {value}: no such file, and not a config name; expected a config file or "
+    hint = f" (the installed one: --config {Path(name).name})" if Path(name).name in config_names() else ""
+    raise ValueError(f"--config {value}: no such file, and not a config name{hint}; expected a config file or "
                      f"one of {', '.join(config_names())}")
 
 
