@@ -1,4 +1,5 @@
 """`pthnet bench` end to end at a tiny size: both sides run, the table and JSON are complete and consistent."""
+import contextlib
 import json
 import math
 import os
@@ -38,7 +39,7 @@ def bench_run(tmp_path_factory):
     # Both sides show progress while they run (the children write to this process's stdout/stderr).
     log = workdir / "console.txt"
     saved = [os.dup(1), os.dup(2)]
-    with open(log, "w") as sink:
+    with open(log, "w", buffering=1) as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
         try:
             code = main(argv)
