@@ -1,4 +1,4 @@
-"""CASME2, one leave-one-subject-out set (scripts/run_folds.py runs all 26); the original script's recipe otherwise."""
+"""CASME2, one leave-one-subject-out set (`pthnet folds --config casme2` runs all 26); the original script's recipe otherwise."""
 from pthnet_jax.configs import default
 
 

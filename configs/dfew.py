@@ -1,4 +1,4 @@
-""" DFEW, one fold (--config.data.data_dir per fold; scripts/run_folds.py runs all 5); the original script's recipe otherwise."""
+""" DFEW, one fold (`pthnet folds --config dfew` runs all 5); the original script's recipe otherwise."""
 from pthnet_jax.configs import default
 
 

@@ -22,13 +22,15 @@ def __getattr__(name: str) -> Any:
 
 
 def load_model(path: str | os.PathLike, dtype: Any = None):
-    """Load a model from a PyTorch `.pth` file or a pthnet-jax checkpoint directory.
+    """Load a model from a PyTorch `.pth` or `.safetensors` file or a pthnet-jax checkpoint directory.
 
     A `.pth` file is read without PyTorch and without running code from it. A training work
     directory is accepted too: its `best` checkpoint is used.
-    Returns `(model, variables)`: a `PTHNet` and its `{"params": ...}`. Then
-    `model.apply(variables, {"H": features}, {"H": masks}, train=False)` returns `{"H": logits}` for
-    features `(B, max_len, n_in)` (channels last) and boolean masks `(B, max_len)`.
+    Returns `(model, variables)`. `model.apply(variables, features, masks, train=False)` takes dicts
+    keyed by level (`{"H": (B, T, n_in) float32}`, `{"H": (B, T) bool}`; evaluation uses level H,
+    `T = max_len` = 16 windows picked as the original's evaluation does) and returns a dict
+    `{"H": logits (B, num_classes)}` (training, `train=True`, returns `{"L", "M", "H"}`). For one
+    clip's raw windows of any length, `pthnet_jax.inference` samples as the original does.
     """
     from pthnet_jax.models.pthnet import PTHNet
 

@@ -6,11 +6,13 @@ Every subcommand module defines `main(argv: list[str]) -> int`; modules are impo
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("pthnet_jax.commands.demo", "synthesize data, import it, train, evaluate (the built-in default job)"),
-    "train": ("pthnet_jax.commands.train", "train from an ml-collections config on all local devices"),
+    "train": ("pthnet_jax.commands.train", "train from a config (by name, e.g. ferv39k, or file) on all local devices"),
+    "folds": ("pthnet_jax.commands.folds", "train every fold of a benchmark (forward, and backward + fused): mean +- std"),
     "evaluate": ("pthnet_jax.commands.evaluate", "UAR/WAR/F1 of a checkpoint, forward/backward fusion, mu sweep"),
     "convert": ("pthnet_jax.convert.cli", "PyTorch .pth <-> pthnet-jax checkpoint directory"),
     "import-features": ("pthnet_jax.data.importer", "import VideoMAE V2 feature lists + .npy files into TFDS"),
@@ -20,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: pthnet <command> [options]", "", "commands:"]
+    lines = ["usage: pthnet <command> [options]   |   pthnet --version", "", "commands:"]
     width = max(len(name) for name in SUBCOMMANDS)
     for name, (_, help_text) in SUBCOMMANDS.items():
         lines.append(f"  {name.ljust(width)}  {help_text}")
@@ -29,17 +31,43 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pthnet-jax")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from pthnet_jax import __version__
+
+        return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V", "version"):
+        print(f"pthnet-jax {_version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"pthnet: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"pthnet {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001
+        # The commands report the errors they expect themselves; anything else is still one readable
+        # line, not a traceback (which PTHNET_DEBUG=1 shows).
+        if os.environ.get("PTHNET_DEBUG"):
+            raise
+        print(f"pthnet {name}: {type(err).__name__}: {err}\n(set PTHNET_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """`pthnet bench` end to end at a tiny size: both sides run, the table and JSON are complete and consistent."""
+import contextlib
 import json
 import math
+import os
+import sys
 
 import pytest
 
@@ -33,12 +36,27 @@ def bench_run(tmp_path_factory):
     argv = ["--workdir", str(workdir), "--train-clips", str(TRAIN), "--test-clips", str(TEST), "--model", "tiny",
             "--epochs", str(EPOCHS), "--torch-epochs", "2", "--torch-workers", "0", "--profile-steps", "1",
             "--eval-repeats", "1"]
-    return main(argv), json.loads((workdir / "results.json").read_text()), workdir
+    # Both sides show progress while they run (the children write to this process's stdout/stderr).
+    log = workdir / "console.txt"
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "w", buffering=1) as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        os.dup2(sink.fileno(), 1), os.dup2(sink.fileno(), 2)
+        try:
+            code = main(argv)
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+    return code, json.loads((workdir / "results.json").read_text()), workdir, log.read_text()
 
 
 def test_both_sides_measured_over_the_whole_data(bench_run, capsys):
-    code, results, _ = bench_run
+    code, results, _, console = bench_run
     assert code == 0
+    for text in ("== pthnet-jax:", "epoch 1/3", "== PyTorch baseline:", "PyTorch epoch 1/2", "PyTorch epoch 2/2",
+                 "PyTorch evaluation", "load average (1/5/15 min): start"):
+        assert text in console, text
+    load = results["load_average"]
+    assert set(load) == {"start", "after_jax", "after_torch"} and all(len(v) == 3 for v in load.values())
     ours, theirs = results["jax"], results["torch"]
     assert results["train_clips"] == TRAIN and results["test_clips"] == TEST
     # Every epoch saw every training clip and the evaluation every test clip, on both sides.
@@ -55,7 +73,7 @@ def test_both_sides_measured_over_the_whole_data(bench_run, capsys):
 
 
 def test_flops_agree_with_a_count_by_hand(bench_run):
-    _, results, _ = bench_run
+    _, results, _, _ = bench_run
     config = model_config("tiny")
     by_hand_eval = matmul_flops_per_clip(config)
     by_hand_forward_all = matmul_flops_per_clip(config, ("L", "M", "H"))
@@ -73,7 +91,7 @@ def test_flops_agree_with_a_count_by_hand(bench_run):
 
 
 def test_table_ratios_and_profile(bench_run):
-    _, results, _ = bench_run
+    _, results, _, _ = bench_run
     ours, theirs = results["jax"], results["torch"]
     table = results["table"]
     lines = {line[:50].strip(): line.split() for line in table.splitlines()[1:]}

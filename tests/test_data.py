@@ -77,8 +77,11 @@ def test_face_variant_and_explicit_lists_folder(tmp_path):
 def test_mafw_compound_label_set(tmp_path):
     root = synthesize(tmp_path / "root", "MAFW", clips=10, test_clips=4, feature_dim=DIM, quiet=True)
     lists = root / "annotation" / "MAFW"
-    shutil.copytree(lists / "single", lists / "compound")
-    for path in (lists / "compound").glob("*/*.txt"):  # compound labels go up to 42
+    # synth writes both label sets over the same clips (every fold)
+    assert sorted(p.name for p in (lists / "compound" / "th14_vit_g_16_4").iterdir()) == \
+        sorted(p.name for p in (lists / "single" / "th14_vit_g_16_4").iterdir())
+    assert len(list((lists / "compound" / "th14_vit_g_16_4").glob("set_*_train.txt"))) == 5
+    for path in (lists / "compound").glob("*/set_1_*.txt"):  # compound labels go up to 42
         rows = _read_list(path)
         _write_list(path, [[p, n, str(42 - i % 3)] for i, (p, n, _) in enumerate(rows)])
     import_features("MAFW", root, tmp_path / "data", fold=1, label_set="compound", feature_dim=DIM, quiet=True)
@@ -205,7 +208,8 @@ def test_bad_input_stops_the_import_and_leaves_nothing(tmp_path, case, match):
 
 
 def test_list_structure_errors(tmp_path):
-    root = synthesize(tmp_path / "root", "DFEW", clips=5, test_clips=2, feature_dim=DIM, reverse=False, quiet=True)
+    root = synthesize(tmp_path / "root", "DFEW", clips=5, test_clips=2, feature_dim=DIM, reverse=False, quiet=True,
+                      folds=[1])
     m_list = _lists_dir(root, "DFEW") / "th14_vit_g_16_8" / "set_1_train.txt"
     _write_list(m_list, _read_list(m_list)[:-1])
     with pytest.raises(DataListError, match="same number of lines.*set_1_train.txt has 4"):

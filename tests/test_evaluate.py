@@ -101,7 +101,8 @@ def test_fusion_and_mu_sweep(setup, tmp_path):
     out = tmp_path / "fused"
     assert evaluate_main(["--checkpoint", str(setup["forward"]), "--data", str(setup["base"] / "data"),
                           "--rv-checkpoint", str(setup["backward"]), "--rv-data", str(setup["base"] / "data_rv"),
-                          "--mu", "0.7", "--mu-sweep", "--batch-size", "8", "--output", str(out)]) == 0
+                          "--mu", "0.7", "--mu-sweep", "--batch-size", "8", "--output", str(out),
+                          "--allow-unrecorded"]) == 0  # checkpoints saved by hand: no record of their data
     forward, labels, _ = _reference_logits(setup, setup["forward_params"])
     backward, labels_rv, _ = _reference_logits(setup, setup["backward_params"], reverse=True)
     np.testing.assert_array_equal(labels, labels_rv)

@@ -162,8 +162,12 @@ def main(argv: list[str]) -> int:
     # A fresh compilation cache: the start-up figure is a cold one.
     cache_env = {"PTHNET_COMPILATION_CACHE": str(workdir / "xla-cache")}
     shutil.rmtree(workdir / "xla-cache", ignore_errors=True)
+    results["load_average"] = {"start": os.getloadavg()}
+    print(f"== pthnet-jax: {epochs} epochs of {train_clips} clips + evaluation of {test_clips} "
+          f"(load average {_load_text()})", flush=True)
     ours = _child("jax", {**spec, "dtype": "float32", "run_dir": str(workdir / "jax-run-float32")}, workdir, cache_env)
     results["jax"] = ours
+    results["load_average"]["after_jax"] = os.getloadavg()
     flops = results["flops"]
     ours["achieved_train_tflops"] = ours["train_clips_per_s_steady"] * flops["train_flops_per_clip"] / 1e12
     ours["achieved_eval_tflops"] = ours["eval_clips_per_s"] * flops["eval_flops_per_clip"] / 1e12
@@ -185,6 +189,7 @@ def main(argv: list[str]) -> int:
     theirs = None if args.skip_torch else _run_torch(args, root)
     if theirs is not None:
         results["torch"] = theirs
+        results["load_average"]["after_torch"] = os.getloadavg()
     table = format_table(ours, theirs)
     results["table"] = table
     output = args.output or workdir / "results.json"
@@ -203,7 +208,17 @@ def _run_torch(args, root: Path) -> dict[str, Any] | None:
     torch_spec = {"root": str(root), "list_dir": str(root / "annotation" / "FERv39k"),
                   "model_kwargs": model_config(args.model).to_dict(), "epochs": args.torch_epochs,
                   "max_train_steps": args.torch_max_steps, "device": device, "num_workers": args.torch_workers}
+    print(f"== PyTorch baseline: {args.torch_epochs} epochs on {device} + evaluation (load average {_load_text()})",
+          flush=True)
     return _child("torch", torch_spec, args.workdir.absolute())
+
+
+def _load_text() -> str:
+    """The 1/5/15-minute load averages; a busy machine (load above its cores) makes timings unreliable."""
+    load = os.getloadavg()
+    busy = load[0] > (os.cpu_count() or 1)
+    return " ".join(f"{x:.1f}" for x in load) + (f", above the {os.cpu_count()} cores: timings will be low"
+                                                  if busy else "")
 
 
 def _report(results: dict[str, Any], args, epochs: int, data_dir: Path, import_seconds: float, output: Path) -> None:
@@ -244,6 +259,10 @@ def _report(results: dict[str, Any], args, epochs: int, data_dir: Path, import_s
               f"{drift['test_WAR_bf16']:.2f} vs {drift['test_WAR_f32']:.2f}, UAR {drift['test_UAR_bf16']:.2f} vs "
               f"{drift['test_UAR_f32']:.2f}, predictions agree on {100 * drift['prediction_agreement']:.1f}% "
               f"(max |logit diff| {drift['max_abs_logit_diff']:.3f})")
+    load = results["load_average"]
+    print("load average (1/5/15 min): " + "; ".join(f"{when} {' '.join(f'{x:.1f}' for x in values)}"
+                                                  for when, values in load.items())
+          + f" on {results['cpu_count']} cores")
     print(f"results -> {output}")
 
 

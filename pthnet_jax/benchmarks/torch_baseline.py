@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 LEVEL_FOLDERS = {"H": "th14_vit_g_16_4", "M": "th14_vit_g_16_8", "L": "th14_vit_g_16_16"}
 
@@ -119,6 +120,8 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
         train_set.epoch = epoch
         model.train()
         epoch_start, clips = time.perf_counter(), 0
+        steps = len(train_loader) if max_train_steps is None else min(len(train_loader), max_train_steps)
+        bar = tqdm(total=steps, desc=f"PyTorch epoch {epoch + 1}/{epochs}", unit="step", mininterval=2.0)
         for step, (level_l, level_m, level_h, labels) in enumerate(train_loader):
             if max_train_steps is not None and step >= max_train_steps:
                 break
@@ -130,6 +133,9 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
             loss.backward()
             optimizer.step()
             clips += labels.shape[0]
+            bar.update(1)
+            bar.set_postfix(clips_s=f"{clips / (time.perf_counter() - epoch_start):.0f}", refresh=False)
+        bar.close()
         if device != "cpu":
             torch.cuda.synchronize()
         epoch_seconds.append(time.perf_counter() - epoch_start)
@@ -139,7 +145,8 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
     model.eval()
     eval_start, eval_clips, correct = time.perf_counter(), 0, 0
     with torch.no_grad():
-        for batch_index, (_, _, (x_h, m_h), labels) in enumerate(test_loader):
+        for batch_index, (_, _, (x_h, m_h), labels) in enumerate(tqdm(test_loader, desc="PyTorch evaluation",
+                                                                       unit="batch", mininterval=2.0)):
             if max_eval_batches is not None and batch_index >= max_eval_batches:
                 break
             logits = model(None, None, x_h.to(device), None, None, m_h.to(device), False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int
              feature_dim: int = 1408, seed: int = 0, signal: float | None = None,
              overrides: dict | None = None, annotation_dir: str | Path | None = None) -> dict:
     """Synthesize (unless WORKDIR/data exists), import, train with configs/demo.py, evaluate the best
-    checkpoint; returns the evaluation's metrics. `signal` scales the synthetic class signal."""
+    checkpoint; returns the evaluation's metrics (`{"interrupted": True}` when stopped by a signal).
+    `signal` scales the synthetic class signal."""
     from pthnet_jax.configs import demo as demo_config
     from pthnet_jax.data.importer import import_features
     from pthnet_jax.data.synth import synthesize
@@ -42,7 +44,7 @@ def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int
         config.train.epochs = epochs
     config.update_from_flattened_dict(overrides or {})
     if train_and_evaluate(config, run_dir).get("interrupted"):
-        return {}
+        return {"interrupted": True}
     result = run_evaluation(run_dir / "best", data_dir, workdir / "evaluation")
     chance = 100.0 / len(result["class_names"])
     print(f"\npthnet demo finished in {time.perf_counter() - started:.0f}s: test UAR {result['UAR']:.2f}  "
@@ -64,5 +66,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--annotation-dir", type=Path,
                         help="the original's annotation/ folder: synthesize with its real window counts")
     args = parser.parse_args(argv)
-    run_demo(args.workdir, args.clips, args.epochs, seed=args.seed, annotation_dir=args.annotation_dir)
+    from pthnet_jax.commands.train import INTERRUPTED_EXIT
+    from pthnet_jax.train import TrainingError
+
+    try:
+        result = run_demo(args.workdir, args.clips, args.epochs, seed=args.seed, annotation_dir=args.annotation_dir)
+    except (TrainingError, ValueError, OSError) as err:
+        print(f"pthnet demo: {err}", file=sys.stderr)
+        return 2
+    if result.get("interrupted"):
+        print("pthnet demo: interrupted, re-run to resume (the same command continues the training)", file=sys.stderr)
+        return INTERRUPTED_EXIT
     return 0

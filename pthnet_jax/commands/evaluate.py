@@ -1,7 +1,13 @@
 """`pthnet evaluate`: the paper's metrics for a checkpoint, forward/backward fusion, mu sweep.
 
     pthnet evaluate --checkpoint CKPT --data DATA_DIR [--split test]
-                    [--rv-checkpoint CKPT --rv-data DATA_DIR --mu 0.7] [--mu-sweep] --output OUT
+                    [--rv-checkpoint CKPT --rv-data DATA_DIR --mu 0.7 [--allow-unrecorded]] [--mu-sweep]
+                    --output OUT
+
+Checks first that each checkpoint was trained on data like the one it is given (benchmark, fold,
+label set, face, direction, as recorded by `pthnet import-features` and `pthnet train`), that
+--data is forward and --rv-data backward, and that both list the same clips in the same order.
+Checkpoints without a record (imported .pth files) are fused only with --allow-unrecorded.
 
 Writes `predictions.npz`, `confusion_matrix.png`, with a sweep `mu_sweep.json` and `mu_sweep.png`,
 and `metrics.json` last: a `metrics.json` on disk means the whole output is there.
@@ -15,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pthnet_jax.fsutil import atomic_path, atomic_write_json, save_figure
+from pthnet_jax.fsutil import atomic_path, atomic_write_json, save_figure, staged_dir
 
 
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: str) -> None:
@@ -57,22 +63,32 @@ def plot_mu_sweep(rows: list[dict[str, float]], path: Path) -> None:
 
 
 def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=None, rv_data=None,
-                   mu: float = 0.7, sweep: bool = False, mode: str = "auto", batch_size: int = 0
-                   ) -> dict[str, Any]:
-    """Evaluate (see `pthnet_jax.evaluation.evaluate`) and write the results into `output`."""
+                   mu: float = 0.7, sweep: bool = False, mode: str = "auto", batch_size: int = 0,
+                   allow_unrecorded: bool = False) -> dict[str, Any]:
+    """Evaluate (see `pthnet_jax.evaluation.evaluate`) and write the results into `output`.
+
+    The files are written into a fresh staging folder that replaces `output` at the end, so no file
+    of an earlier evaluation (say, its mu sweep) is left beside the new results. An existing `output`
+    that is not an earlier evaluation (no `metrics.json`) is refused rather than replaced.
+    """
     from pthnet_jax.evaluation import evaluate
 
-    result, arrays = evaluate(checkpoint, data_dir, split, rv_checkpoint, rv_data, mu, sweep, mode, batch_size)
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    if "mu_sweep" in result:
-        atomic_write_json(output / "mu_sweep.json", result["mu_sweep"])
-        plot_mu_sweep(result["mu_sweep"], output / "mu_sweep.png")
-    with atomic_path(output / "predictions.npz") as tmp:
-        np.savez(tmp, **arrays)
-    plot_confusion(np.array(result["confusion_matrix"]), result["class_names"], output / "confusion_matrix.png",
-                   f"UAR {result['UAR']:.2f}  WAR {result['WAR']:.2f}")
-    atomic_write_json(output / "metrics.json", result)
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / "metrics.json").is_file())):
+        raise FileExistsError(f"--output {output} exists and is not an earlier `pthnet evaluate` output "
+                              "(no metrics.json in it); choose a new folder")
+    result, arrays = evaluate(checkpoint, data_dir, split, rv_checkpoint, rv_data, mu, sweep, mode, batch_size,
+                              allow_unrecorded)
+    with staged_dir(output) as staging:
+        staging.mkdir(parents=True)
+        if "mu_sweep" in result:
+            atomic_write_json(staging / "mu_sweep.json", result["mu_sweep"])
+            plot_mu_sweep(result["mu_sweep"], staging / "mu_sweep.png")
+        with atomic_path(staging / "predictions.npz") as tmp:
+            np.savez(tmp, **arrays)
+        plot_confusion(np.array(result["confusion_matrix"]), result["class_names"], staging / "confusion_matrix.png",
+                       f"UAR {result['UAR']:.2f}  WAR {result['WAR']:.2f}")
+        atomic_write_json(staging / "metrics.json", result)
     return result
 
 
@@ -89,14 +105,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mode", default="auto", choices=("auto", "resident", "streaming"))
     parser.add_argument("--batch-size", type=int, default=0,
                         help="clips per evaluation batch (0: auto, 256 on CPU and 4096 on accelerators)")
-    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--allow-unrecorded", action="store_true",
+                        help="fuse checkpoints that carry no record of their training data (imported .pth "
+                             "files): their direction/benchmark/fold cannot be checked; the output says so")
+    parser.add_argument("--output", required=True, type=Path,
+                        help="folder to write (replaced as a whole if it holds an earlier evaluation)")
     args = parser.parse_args(argv)
     try:
         result = run_evaluation(args.checkpoint, args.data, args.output, args.split, args.rv_checkpoint,
-                                args.rv_data, args.mu, args.mu_sweep, args.mode, args.batch_size)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"pthnet evaluate: {err}", file=sys.stderr)
+                                args.rv_data, args.mu, args.mu_sweep, args.mode, args.batch_size,
+                                args.allow_unrecorded)
+    except (ValueError, OSError, KeyError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"pthnet evaluate: {text}", file=sys.stderr)
         return 2
+    for line in result["checks"]["verified"]:
+        print(f"checked: {line}")
+    for line in result["checks"]["unchecked"]:
+        print(f"NOT CHECKED: {line}")
     fused = " (fused forward/backward, mu=%.2f)" % args.mu if args.rv_checkpoint else ""
     print(f"{result['num_clips']} clips{fused}: UAR {result['UAR']:.2f}  WAR {result['WAR']:.2f}  "
           f"weighted F1 {result['weighted_f1']:.4f} -> {args.output / 'metrics.json'}")

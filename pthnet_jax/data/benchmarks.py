@@ -61,6 +61,23 @@ def get_benchmark(name: str) -> Benchmark:
     raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
 
 
+def parse_folds(text: str | None, num_folds: int) -> list[int]:
+    """'1-5', '1,3,4' or None (all folds) -> fold numbers, each checked against 1..num_folds."""
+    if not text:
+        return list(range(1, num_folds + 1))
+    folds: list[int] = []
+    for part in str(text).split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            folds.extend(range(int(low), int(high or low) + 1))
+        except ValueError:
+            raise ValueError(f"--folds: cannot read {part!r}; expected e.g. '1-5' or '1,3'") from None
+    bad = [f for f in folds if not 1 <= f <= num_folds]
+    if bad:
+        raise ValueError(f"--folds: {bad} outside 1..{num_folds}")
+    return folds
+
+
 def class_names(bench: Benchmark, label_set: str | None) -> tuple[str, ...]:
     if bench.label_sets:
         if label_set not in bench.label_sets:

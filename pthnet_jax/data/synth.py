@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pthnet_jax.data.benchmarks import LEVEL_FOLDERS, Benchmark, get_benchmark, level_folder
+from pthnet_jax.data.benchmarks import LEVEL_FOLDERS, Benchmark, get_benchmark, level_folder, parse_folds
 from pthnet_jax.data.lists import LEVELS, read_list
 from pthnet_jax.fsutil import atomic_path, atomic_write
 
@@ -69,60 +69,131 @@ def _variant_path(path: str, level: str, face: bool, reverse: bool) -> str:
 def synthesize(out: str | os.PathLike, like: str = "FERv39k", clips: int | None = None,
                test_clips: int | None = None, feature_dim: int = 1408, seed: int = 0,
                signal: float = 1.0, reverse: bool = True, quiet: bool = False, face: bool = False,
-               annotation_dir: str | os.PathLike | None = None) -> Path:
+               annotation_dir: str | os.PathLike | None = None, folds: list[int] | None = None,
+               label_sets: list[str] | None = None) -> Path:
     """Write a synthetic benchmark under `out` (forward and, with `reverse`, `_rv` features); returns `out`.
 
-    `clips`/`test_clips` default to the real sizes; without `test_clips` the real ratio is kept.
-    Benchmarks with folds get fold 1 (`set_1_*`), MAFW its `single` label set. `annotation_dir`: the
-    original's `annotation/` folder (one sub-folder per benchmark) to imitate; None: built-in model.
+    `clips`/`test_clips`: the training and test clips of a split (of every fold), default the real
+    sizes; without `test_clips` the real ratio is kept. Benchmarks with folds get every fold (or
+    `folds`): the `clips + test_clips` clips are written once, fold k tests `test_clips` of them and
+    trains on the others (fold 1 tests the last ones, fold 2 the first ones, and so on: with
+    `clips >= (folds - 1) * test_clips` every clip is tested in exactly one fold, as in the
+    benchmarks' k-fold protocols). MAFW gets both label sets (or `label_sets`): one clip, a single
+    and a compound label, both learnable. `annotation_dir`: the original's `annotation/` folder (one
+    sub-folder per benchmark) to imitate (fold 1's clips); None: a built-in model of clip lengths.
     """
     bench = get_benchmark(like)
     out = Path(out).absolute()
+    fold_list = _check_folds(bench, folds)
+    label_set_list = _check_label_sets(bench, label_sets)
     rng = np.random.default_rng(seed)
     annotation = None if annotation_dir is None else Path(annotation_dir)
     if annotation is not None and not (annotation / bench.name).is_dir():
         raise ValueError(f"{annotation}: no {bench.name}/ folder of data lists (expected the original's "
                          "annotation/ layout)")
-    directions = rng.standard_normal((bench.num_classes, feature_dim)).astype(np.float32)
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True) / math.sqrt(feature_dim) * 8.0
+    directions = _directions(rng, bench.num_classes, feature_dim)
+    compound = _directions(np.random.default_rng([seed, 3]), 43, feature_dim) if bench.label_sets else None
     started, written = time.perf_counter(), 0
     real = {split: real_rows(bench.name, split, annotation) for split in ("train", "test")}
     real_sizes = (_DEFAULT_SIZES.get(bench.name) or
                   ((len(real["train"][0]), len(real["test"][0])) if real["train"] and real["test"] else (4, 1)))
+    parts = {}  # the clips written: the train part, then the test part (fold 1's splits)
     for split in ("train", "test"):
-        wanted = clips if split == "train" else test_clips
-        if wanted is None:
-            if clips is not None:  # keep the real train/test ratio
-                wanted = max(1, round(clips * real_sizes[1] / real_sizes[0]))
-            elif real[split] is not None:
-                wanted = len(real[split][0])
-            else:
-                wanted = real_sizes[0 if split == "train" else 1] if bench.name in _DEFAULT_SIZES else \
-                    (2000 if split == "train" else 500)
-        paths = None
-        if real[split] is not None:
-            rows, real_paths = real[split]
-            if wanted <= len(rows):  # real clips (and file names), list order kept
-                picked = np.sort(rng.choice(len(rows), wanted, replace=False))
-                paths = {lvl: [real_paths[lvl][i] for i in picked] for lvl in LEVELS}
-            else:
-                picked = rng.integers(0, len(rows), wanted)
-            counts, labels = rows[picked, :3], rows[picked, 3]
-        else:
-            low, high = _FRAME_RANGES[bench.name]
-            frames = rng.integers(low, high + 1, wanted)
-            counts = np.stack([windows_for_frames(frames, STRIDES[lvl]) for lvl in LEVELS], 1)
-            labels = rng.integers(0, bench.num_classes, wanted)
-        if paths is None:
-            paths = {lvl: [f"get_features/{bench.name}/{LEVEL_FOLDERS[lvl]}/{split}/clip_{i:06d}.npy"
-                           for i in range(wanted)] for lvl in LEVELS}
-        written += _write_split(out, bench, split, counts, labels, paths, directions, signal, face,
-                                reverse, np.random.default_rng([seed, 1 if split == "train" else 2]))
+        wanted = _wanted(split, clips, test_clips, real_sizes, real[split], bench.name in _DEFAULT_SIZES)
+        parts[split] = _draw_clips(bench, split, wanted, real[split], rng)
+    splits = _fold_splits(len(parts["train"][1]), len(parts["test"][1]), fold_list)
+    labels = {"single": np.concatenate([parts["train"][1], parts["test"][1]])}
+    if compound is not None:
+        labels["compound"] = np.random.default_rng([seed, 4]).integers(0, 43, len(labels["single"]))
+    counts = np.concatenate([parts["train"][0], parts["test"][0]])
+    paths = {lvl: parts["train"][2][lvl] + parts["test"][2][lvl] for lvl in LEVELS}
+    written = _write_features(out, counts, labels, paths, directions, compound, signal, face, reverse,
+                              [np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])],
+                              len(parts["train"][1]))
+    _write_lists(out, bench, splits, counts, labels, paths, label_set_list, face, reverse)
     if not quiet:
-        print(f"synthesized {bench.name}-like data ({written} .npy files, feature size {feature_dim}) in "
+        what = (f", folds {fold_list}" if bench.list_style == "fold" else "") + \
+            (f", label sets {label_set_list}" if bench.label_sets else "")
+        print(f"synthesized {bench.name}-like data ({written} .npy files, feature size {feature_dim}{what}) in "
               f"{time.perf_counter() - started:.1f}s -> {out} (lists: {out / 'annotation' / bench.name}; "
               f"window counts from {'the real lists in ' + str(annotation) if annotation else 'the built-in model'})")
     return out
+
+
+def _check_folds(bench: Benchmark, folds: list[int] | None) -> list[int | None]:
+    if bench.list_style != "fold":
+        if folds not in (None, [1]):
+            raise ValueError(f"{bench.name} has a single train/test split; got folds {folds}")
+        return [None]
+    bad = [f for f in folds or [] if not 1 <= f <= bench.num_folds]
+    if bad:
+        raise ValueError(f"--folds: {bad} outside 1..{bench.num_folds} ({bench.name})")
+    return sorted(set(folds)) if folds else list(range(1, bench.num_folds + 1))
+
+
+def _check_label_sets(bench: Benchmark, label_sets: list[str] | None) -> list[str | None]:
+    if not bench.label_sets:
+        if label_sets:
+            raise ValueError(f"{bench.name} has one label set; --label-set is for {', '.join(bench.label_sets) or 'MAFW'}")
+        return [None]
+    bad = [s for s in label_sets or [] if s not in bench.label_sets]
+    if bad:
+        raise ValueError(f"--label-set: {bad}; {bench.name} has {list(bench.label_sets)}")
+    return list(label_sets) if label_sets else list(bench.label_sets)
+
+
+def _directions(rng: np.random.Generator, count: int, feature_dim: int) -> np.ndarray:
+    directions = rng.standard_normal((count, feature_dim)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True) / math.sqrt(feature_dim) * 8.0
+    return directions
+
+
+def _wanted(split: str, clips, test_clips, real_sizes, real_split, has_default: bool) -> int:
+    wanted = clips if split == "train" else test_clips
+    if wanted is not None:
+        return wanted
+    if clips is not None:  # keep the real train/test ratio
+        return max(1, round(clips * real_sizes[1] / real_sizes[0]))
+    if real_split is not None:
+        return len(real_split[0])
+    return real_sizes[0 if split == "train" else 1] if has_default else (2000 if split == "train" else 500)
+
+
+def _draw_clips(bench: Benchmark, split: str, wanted: int, real_split, rng: np.random.Generator):
+    """(window counts (n, 3), labels (n,), paths per level) of `wanted` clips, real or modelled."""
+    paths = None
+    if real_split is not None:
+        rows, real_paths = real_split
+        if wanted <= len(rows):  # real clips (and file names), list order kept
+            picked = np.sort(rng.choice(len(rows), wanted, replace=False))
+            paths = {lvl: [real_paths[lvl][i] for i in picked] for lvl in LEVELS}
+        else:
+            picked = rng.integers(0, len(rows), wanted)
+        counts, labels = rows[picked, :3], rows[picked, 3]
+    else:
+        low, high = _FRAME_RANGES[bench.name]
+        frames = rng.integers(low, high + 1, wanted)
+        counts = np.stack([windows_for_frames(frames, STRIDES[lvl]) for lvl in LEVELS], 1)
+        labels = rng.integers(0, bench.num_classes, wanted)
+    if paths is None:
+        # One clip can be trained on in one fold and tested in another: no split in the names then.
+        sub = f"{split}/clip_" if bench.list_style != "fold" else f"clip_{split}_"
+        paths = {lvl: [f"get_features/{bench.name}/{LEVEL_FOLDERS[lvl]}/{sub}{i:06d}.npy" for i in range(wanted)]
+                 for lvl in LEVELS}
+    return counts, labels, paths
+
+
+def _fold_splits(train: int, test: int, folds: list[int | None]) -> dict[tuple, np.ndarray]:
+    """(fold, split) -> clip positions, list order. Fold 1 tests the last `test` clips; fold k
+    tests the `test` clips after fold k-1's, wrapping around."""
+    total = train + test
+    splits = {}
+    for fold in folds:
+        start = train + ((fold or 1) - 1) * test
+        tested = np.sort((start + np.arange(test)) % total)
+        splits[(fold, "test")] = tested
+        splits[(fold, "train")] = np.setdiff1d(np.arange(total), tested)
+    return splits
 
 
 class _NpyWriter:
@@ -143,36 +214,47 @@ class _NpyWriter:
             file.write(np.ascontiguousarray(array, "<f4").data)
 
 
-def _write_split(out: Path, bench: Benchmark, split: str, counts: np.ndarray, labels: np.ndarray,
-                 paths: dict[str, list[str]], directions: np.ndarray, signal: float, face: bool,
-                 reverse: bool, rng: np.random.Generator) -> int:
-    list_dir = out / "annotation" / bench.name / ("single" if bench.label_sets else "")
-    list_name = bench.list_file(split, 1 if bench.list_style == "fold" else None)
+def _write_features(out: Path, counts: np.ndarray, labels: dict[str, np.ndarray], paths: dict[str, list[str]],
+                    directions: np.ndarray, compound: np.ndarray | None, signal: float, face: bool, reverse: bool,
+                    rngs: list[np.random.Generator], train_part: int) -> int:
+    """One .npy per clip, level and direction; the class signal of the single (and compound) label."""
     variants = [False, True] if reverse else [False]
-    lines = {(lvl, rv): [] for lvl in LEVELS for rv in variants}
     made: set[Path] = set()
     save = _NpyWriter()
     feature_dim = directions.shape[1]
-    for index, (label, clip_counts) in enumerate(zip(labels, counts)):
+    for index, clip_counts in enumerate(counts):
+        rng = rngs[0 if index < train_part else 1]
         strength = signal * rng.uniform(0.3, 1.0)  # some clips are harder than others
         for lvl, count in zip(LEVELS, clip_counts):
             # The class signal rises and falls over the clip, like an expression's apex.
             envelope = np.sin(np.linspace(0.2, math.pi - 0.2, count))[:, None].astype(np.float32)
             windows = rng.standard_normal((count, feature_dim), dtype=np.float32)
-            windows += strength * envelope * directions[label]
+            windows += strength * envelope * directions[labels["single"][index]]
+            if compound is not None:
+                windows += strength * envelope * compound[labels["compound"][index]]
             for rv in variants:
-                rel = _variant_path(paths[lvl][index], lvl, face, rv)
-                target = out / rel
+                target = out / _variant_path(paths[lvl][index], lvl, face, rv)
                 if target.parent not in made:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     made.add(target.parent)
                 save(target, windows[::-1] if rv else windows)
-                lines[(lvl, rv)].append(f"{rel} {count} {label}")
-    for (lvl, rv), entries in lines.items():
-        target = list_dir / level_folder(lvl, face, rv) / list_name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, "\n".join(entries) + "\n")
-    return len(labels) * len(LEVELS) * len(variants)
+    return len(counts) * len(LEVELS) * len(variants)
+
+
+def _write_lists(out: Path, bench: Benchmark, splits: dict[tuple, np.ndarray], counts: np.ndarray,
+                 labels: dict[str, np.ndarray], paths: dict[str, list[str]], label_sets: list[str | None],
+                 face: bool, reverse: bool) -> None:
+    for (fold, split), positions in splits.items():
+        for label_set in label_sets:
+            list_dir = out / "annotation" / bench.name / (label_set or "")
+            clip_labels = labels[label_set or "single"]
+            for lvl_index, lvl in enumerate(LEVELS):
+                for rv in ([False, True] if reverse else [False]):
+                    entries = [f"{_variant_path(paths[lvl][i], lvl, face, rv)} {counts[i, lvl_index]} {clip_labels[i]}"
+                               for i in positions]
+                    target = list_dir / level_folder(lvl, face, rv) / bench.list_file(split, fold)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(target, "\n".join(entries) + "\n")
 
 
 def main(argv: list[str]) -> int:
@@ -189,10 +271,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--face", action="store_true", help="name the folders as the _face variant")
     parser.add_argument("--annotation-dir", type=Path,
                         help="the original's annotation/ folder: imitate its real window counts, labels and names")
+    parser.add_argument("--folds", help="folds to write lists for, e.g. '1-5' or '1,3' (default: all the "
+                        "benchmark has: DFEW/MAFW/CREMA-D/eNTERFACE05 5, RAVDESS 6, CASME2 26)")
+    parser.add_argument("--label-set", action="append", choices=("single", "compound"),
+                        help="MAFW label set to write (repeatable; default both)")
     args = parser.parse_args(argv)
     try:
+        bench = get_benchmark(args.like)
+        folds = parse_folds(args.folds, bench.num_folds) if args.folds else None
         synthesize(args.out, args.like, args.clips, args.test_clips, args.feature_dim, args.seed,
-                   args.signal, reverse=not args.no_reverse, face=args.face, annotation_dir=args.annotation_dir)
+                   args.signal, reverse=not args.no_reverse, face=args.face, annotation_dir=args.annotation_dir,
+                   folds=folds, label_sets=args.label_set)
     except ValueError as err:
         print(f"pthnet synth: {err}", file=sys.stderr)
         return 2

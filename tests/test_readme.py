@@ -1,0 +1,100 @@
+"""Every command of the README, run as written (in a scratch folder, at a tiny size).
+
+Each ```bash line of README.md is run with bash in one scratch folder, in README order, with the
+installed `pthnet` first on PATH. Two things are added, and only these: `pthnet train` and `pthnet
+folds` get TINY appended (a small model and one epoch; `pthnet folds` one fold), and the original's
+`model_best.pth` is stood in for by the first run's checkpoint exported to `.pth`. The commands that
+install things, run this suite or take many minutes are listed in SKIPPED with the reason; a README
+command that is neither run nor listed fails the test, as does a listed one that left the README.
+The ```python blocks run too, in the same folder.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+TINY = ("--config.model.n_embd=32 --config.model.mlp_dim=48 --config.train.epochs=1 --config.train.global_batch=8 "
+        "--config.train.steps_per_dispatch=4 --config.eval.batch_size=16")
+APPENDED = {"pthnet train ": TINY, "pthnet folds ": f"{TINY} --folds 1"}
+SKIPPED = {
+    'pip install .': "installs the package (the suite runs from an installed checkout)",
+    'pip install -e ".[test]"': "installs the package",
+    'pip install ".[cuda12]"': "installs the GPU build",
+    'python -m pytest -q tests': "this suite itself",
+    'pthnet demo': "minutes at its default size; tests/test_demo.py runs it smaller",
+    'pthnet bench --bf16': "a full-size GPU benchmark; tests/test_bench.py runs pthnet bench at a tiny size",
+}
+
+
+def readme_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def readme_commands() -> list[str]:
+    """The bash commands, continuation lines joined, comments dropped, `a && b` split."""
+    commands = []
+    for block in readme_blocks("bash"):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            text = re.sub(r"(^|\s+)#.*$", "", line).strip()  # a comment (no README command quotes a '#')
+            if text:
+                commands += [part.strip() for part in text.split(" && ")]
+    return commands
+
+
+def test_every_readme_command_is_run_or_skipped_for_a_reason():
+    commands = readme_commands()
+    assert len(commands) >= 15 and any(c.startswith("pthnet folds ") for c in commands)
+    stale = [c for c in SKIPPED if c not in commands]
+    assert not stale, f"skipped commands no longer in the README: {stale}"
+    for command in commands:
+        assert command in SKIPPED or command.startswith("pthnet "), f"neither run nor skipped: {command}"
+    assert readme_blocks("python"), "the README's Python example is gone"
+
+
+def _make_model_best(scratch: Path) -> None:
+    """The original's checkpoint file, stood in for by the first run's best checkpoint as a `.pth`."""
+    pytest.importorskip("torch")
+    from pthnet_jax.convert import checkpoint_to_pth
+
+    checkpoint_to_pth(scratch / "runs" / "ferv39k" / "best", scratch / "model_best.pth")
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(tmp_path, monkeypatch):
+    scratch = tmp_path / "readme"
+    scratch.mkdir()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    ran = []
+    for command in readme_commands():
+        if command in SKIPPED:
+            continue
+        if "model_best.pth" in command and not (scratch / "model_best.pth").exists():
+            _make_model_best(scratch)
+        line = command + next((f" {extra}" for prefix, extra in APPENDED.items() if command.startswith(prefix)), "")
+        result = subprocess.run(["bash", "-c", line], cwd=scratch, env=env, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, f"README command failed: {line}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        assert "Traceback" not in result.stderr, result.stderr
+        ran.append(command)
+    assert len(ran) >= 12
+    # What the README says these commands leave behind is there.
+    for path in ("data/mafw_c_1", "runs/ferv39k/best", "runs/ferv39k_rv/best", "eval/ferv39k/metrics.json",
+                 "eval/ferv39k/mu_sweep.json", "runs/dfew/folds.json", "runs/dfew/fold_1_rv/best", "ckpt", "model.pth"):
+        assert (scratch / path).exists(), path
+    import json
+
+    folds = json.loads((scratch / "runs" / "dfew" / "folds.json").read_text())
+    assert folds["num_folds"] == 1 and "UAR" in folds["fused"]["mean"]
+    metrics = json.loads((scratch / "eval" / "ferv39k" / "metrics.json").read_text())
+    assert len(metrics["checks"]["verified"]) == 3 and metrics["mu"] == 0.7
+
+    monkeypatch.chdir(scratch)
+    for block in readme_blocks("python"):
+        namespace: dict = {}
+        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - the README's own example
+        assert namespace["logits"].shape == (2, 7)
