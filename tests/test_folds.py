@@ -1,7 +1,6 @@
 """`pthnet folds`: every fold checked before any training, forward and backward models per fold,
 the fused protocol's mean and std over folds, resumable."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
