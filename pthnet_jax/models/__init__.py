@@ -7,9 +7,12 @@ here next to it.
 from __future__ import annotations
 
 from pthnet_jax.models.pthnet import LEVELS, ModelConfig, PTHNet, count_params, init_variables
+from pthnet_jax.models.videomae import VideoMAE, VideoMAEConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "pthnet": (PTHNet, ModelConfig),
+    "videomae": (VideoMAE, VideoMAEConfig),
 }
 
-__all__ = ["LEVELS", "MODELS", "ModelConfig", "PTHNet", "count_params", "init_variables"]
+__all__ = ["LEVELS", "MODELS", "ModelConfig", "PTHNet", "VideoMAE", "VideoMAEConfig", "count_params",
+           "init_variables"]
