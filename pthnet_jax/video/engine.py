@@ -46,7 +46,7 @@ class _Region:
 
 
 def default_pool_frames() -> int:
-    return 384 if jax.devices()[0].platform == "cpu" else 4096
+    return 192 if jax.devices()[0].platform == "cpu" else 4096
 
 
 def default_batch_per_device() -> int:
@@ -79,10 +79,8 @@ class WindowEngine:
         self._pending: list[collections.deque] = [collections.deque() for _ in self.devices]
         self._in_flight: collections.deque = collections.deque()
         self._results: list[tuple[Hashable, np.ndarray]] = []
-        self._write = jax.jit(functools.partial(_write_frames, dtype=backbone.input_dtype), donate_argnums=0)
-        self._step = jax.jit(jax.shard_map(functools.partial(_features, apply=backbone.apply), mesh=self.mesh,
-                                           in_specs=(PartitionSpec(), PartitionSpec(_AXIS), PartitionSpec(_AXIS)),
-                                           out_specs=PartitionSpec(_AXIS)))
+        self._write = _write_fn(jnp.dtype(backbone.input_dtype))
+        self._step = _step_fn(backbone.apply, tuple(self.devices))
         self.windows_computed = 0  # real windows (padding excluded)
         self.steps_dispatched = 0
 
@@ -176,6 +174,20 @@ class WindowEngine:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         return {"flops": float(cost.get("flops", 0.0)), "bytes_accessed": float(cost.get("bytes accessed", 0.0))}
+
+
+@functools.lru_cache(maxsize=None)
+def _write_fn(dtype):
+    return jax.jit(functools.partial(_write_frames, dtype=dtype), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=16)
+def _step_fn(apply, devices: tuple):
+    """One jitted feature step per (backbone function, devices): engines built again reuse its compilations."""
+    mesh = Mesh(np.array(devices), (_AXIS,))
+    return jax.jit(jax.shard_map(functools.partial(_features, apply=apply), mesh=mesh,
+                                 in_specs=(PartitionSpec(), PartitionSpec(_AXIS), PartitionSpec(_AXIS)),
+                                 out_specs=PartitionSpec(_AXIS)))
 
 
 def _write_frames(pool, frames, low_h, high_h, weight_h, low_w, high_w, weight_w, start, *, dtype):

@@ -265,7 +265,7 @@ def extract(videos: str | os.PathLike, out: str | os.PathLike, dataset: str, bac
 def write_lists(out: Path, dataset: str, names: Sequence[str], label_map: dict[str, tuple[int, str]],
                 options: ExtractOptions, fold: int | None) -> list[str]:
     """The annotation lists of every (stride, direction): one line per labelled clip whose files all
-    exist, in VIDEOS order, the level lists aligned line by line."""
+    exist, in the labels file's order, the level lists aligned line by line."""
     from pthnet_jax.data.benchmarks import get_benchmark
 
     try:
@@ -277,10 +277,10 @@ def write_lists(out: Path, dataset: str, names: Sequence[str], label_map: dict[s
         list_name = lambda split: f"{split}.txt"  # noqa: E731
     lines: dict[Path, list[str]] = collections.defaultdict(list)
     feature_root = Path("get_features") / dataset
-    for name in names:
-        if name not in label_map:
+    available = set(names)
+    for name, (label, split) in label_map.items():  # the labels file's order
+        if name not in available:
             continue
-        label, split = label_map[name]
         files = {(s, d): feature_root / variant_folder(s, d, options.face) / f"{name}.npy"
                  for s in options.strides for d in options.directions}
         if not all((out / f).exists() for f in files.values()):
@@ -300,33 +300,26 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="clip", desc="extract", disable=not enabled, dynamic_ncols=True)
 
 
-def load_backbone(path: str | os.PathLike, dtype: str = "float32") -> Backbone:
-    """A VideoMAE V2 checkpoint (`.pth` as released, or a converted directory) as a `Backbone`."""
+def videomae_backbone(model, variables, name: str = "videomae") -> Backbone:
+    """A Flax `VideoMAE` module and its `{"params": ...}` as a `Backbone`."""
+    return Backbone(apply=model.apply, params=variables, dim=int(model.config.embed_dim), name=name)
+
+
+def load_backbone(path: str | os.PathLike, dtype: str = "float32", config=None) -> Backbone:
+    """A VideoMAE V2 checkpoint (the released `.pth`, read without PyTorch) as a `Backbone`;
+    `dtype` is the compute dtype (parameters keep the checkpoint's precision). `config` (a
+    `VideoMAEConfig`) is needed only for widths outside the family, whose head count the shapes
+    cannot tell."""
     import jax.numpy as jnp
 
-    from pthnet_jax.models import videomae
+    from pthnet_jax.models.videomae import load_videomae
 
-    model_dtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    model, variables = _load_videomae(videomae, path, model_dtype)
-
-    def apply(params, frames):
-        return model.apply(params, frames)
-
-    return Backbone(apply=apply, params=variables, dim=int(model.config.embed_dim if hasattr(model.config, "embed_dim")
-                                                           else model.config.width),
-                    name=f"{Path(path).name} ({dtype})",
-                    input_dtype=jnp.float32)
-
-
-def _load_videomae(videomae, path, dtype):
-    loaded = videomae.load_videomae(path)
-    if isinstance(loaded, tuple) and len(loaded) == 2:
-        config_or_model, variables = loaded
-    else:
-        raise TypeError(f"unexpected return of load_videomae: {type(loaded)}")
-    if isinstance(config_or_model, videomae.VideoMAEConfig):
-        return videomae.VideoMAE(config_or_model, dtype=dtype), variables
-    return videomae.VideoMAE(config_or_model.config, dtype=dtype), variables
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such VideoMAE checkpoint")
+    model, variables = load_videomae(str(path), compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+                                     config=config)
+    return videomae_backbone(model, variables, name=f"{path.name} ({model.config.embed_dim}-d, {dtype})")
 
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:
