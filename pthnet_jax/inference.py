@@ -77,8 +77,16 @@ def clips_logits(model, variables: Mapping[str, Any], clips: Sequence[Any]) -> n
     return np.asarray(logits, np.float32)
 
 
+_JITTED: dict[int, tuple[Any, Any]] = {}
+
+
 def _apply(model, variables, features, masks):
-    return model.apply(variables, {"H": jnp.asarray(features)}, {"H": jnp.asarray(masks)}, train=False)["H"]
+    """The H-level evaluation forward pass, compiled once per model object (one shape: (n, max_len, D))."""
+    entry = _JITTED.get(id(model))
+    if entry is None or entry[0] is not model:
+        fn = jax.jit(lambda v, f, m: model.apply(v, {"H": f}, {"H": m}, train=False)["H"])
+        entry = _JITTED[id(model)] = (model, fn)
+    return entry[1](variables, jnp.asarray(features), jnp.asarray(masks))
 
 
 def clip_logits(model, variables: Mapping[str, Any], features: Any) -> np.ndarray:

@@ -45,6 +45,8 @@ def predict_videos(videos: Sequence[str | os.PathLike | np.ndarray], backbone: B
         if which is not None and which.config.n_in != backbone.dim:
             raise ValueError(f"the PTH-Net model reads {which.config.n_in}-d features but the backbone "
                              f"{backbone.name} makes {backbone.dim}-d ones")
+    if rv_model is not None and rv_model.config == model.config and rv_model.dtype == model.dtype:
+        rv_model = model  # the same module: its compiled evaluation step serves both
     directions = ("forward", "reverse") if rv_model is not None else ("forward",)
     options = ExtractOptions(strides=(H_STRIDE,), directions=directions, schedule=schedule, end=end, short=short)
     engine = engine or WindowEngine(backbone)
