@@ -26,7 +26,9 @@ def test_benchmark_torch_videomae_computes_the_flax_features(fused):
 def test_demo_video_runs_end_to_end(tmp_path, capsys):
     from pthnet_jax.demo_video import run_demo_video
 
-    result = run_demo_video(tmp_path, train_per_class=2, test_per_class=1, epochs=2)
+    # A shallower PTH-Net and one step per device call: compiling the trainer is most of this test.
+    result = run_demo_video(tmp_path, train_per_class=2, test_per_class=1, epochs=2,
+                            overrides={"train.steps_per_dispatch": 1, "model.arch": (1, 1, 1, 0)})
     out = capsys.readouterr().out
     assert result["videos"] == 7 and 0 <= result["accuracy"] <= 100
     assert "held-out accuracy" in out and "true class" in out

@@ -14,7 +14,7 @@ from pthnet_jax.convert.mapping import torch_to_flax  # noqa: E402
 from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
 from video_helpers import decode_independently, moving_frames, reference_starts, reference_window, write_video  # noqa: E402
 
-CFG = ModelConfig(n_in=32, n_embd=32, mlp_dim=48, num_classes=7)
+CFG = ModelConfig(n_in=32, n_embd=32, mlp_dim=48, num_classes=7, arch=(1, 1, 1, 1))  # shallow: compiles faster
 _MODELS = {}  # one module object per config: its evaluation step compiles once
 
 
@@ -57,7 +57,7 @@ def test_clip_probabilities_match_the_reference_for_any_length():
     forward, backward = _torch_pthnet(1), _torch_pthnet(2)
     (model, variables), (rv_model, rv_variables) = _flax(forward), _flax(backward)
     rng = np.random.default_rng(0)
-    for count in (1, 5, 15, 16, 17, 24, 40, 41, 100):
+    for count in (1, 5, 16, 17, 41, 100):
         windows = rng.normal(size=(count, 32)).astype(np.float32)
         windows_rv = rng.normal(size=(count, 32)).astype(np.float32)
         np.testing.assert_allclose(clip_logits(model, variables, windows), _reference_logits(forward, windows),
@@ -103,7 +103,7 @@ def test_pthnet_predict_from_videos_matches_the_references(tmp_path, capsys):
     backbone = randomise(VisionTransformer(dim=384, depth=1, heads=6, hidden=96, patch=32, num_classes=3), seed=5)
     backbone_file = tmp_path / "videomae.pth"
     torch.save({"model": backbone.state_dict()}, backbone_file)
-    cfg = ModelConfig(n_in=384, n_embd=32, mlp_dim=48, num_classes=7)
+    cfg = ModelConfig(n_in=384, n_embd=32, mlp_dim=48, num_classes=7, arch=(1, 1, 1, 1))
     forward, backward = _torch_pthnet(1, cfg), _torch_pthnet(2, cfg)
     for name, model in (("fwd.pth", forward), ("bwd.pth", backward)):
         torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, tmp_path / name)

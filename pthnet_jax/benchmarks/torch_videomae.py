@@ -74,7 +74,7 @@ def from_flax(config, params: dict[str, Any], fused: bool = False) -> TorchVideo
 
     def t(a, *axes):
         a = np.asarray(a, np.float32)
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(*axes) if axes else a))
+        return torch.from_numpy(np.array(a.transpose(*axes) if axes else a, copy=True))  # own, writable memory
 
     state = {"patch.weight": t(params["patch_embed"]["kernel"], 4, 3, 0, 1, 2),  # (T,H,W,I,O) -> (O,I,T,H,W)
              "patch.bias": t(params["patch_embed"]["bias"]),

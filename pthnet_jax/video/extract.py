@@ -74,8 +74,10 @@ class ExtractOptions:
 def clip_features(engine: WindowEngine, frames: np.ndarray, options: ExtractOptions
                   ) -> dict[tuple[int, str], np.ndarray]:
     """All windows of ONE decoded clip -> {(stride, direction): (num_windows, D) float32}."""
-    results = {}
-    for key, rows in _run_clips(engine, [("clip", frames)], options):
+    results: dict[tuple[int, str], np.ndarray] = {}
+    for _, rows in _run_clips(engine, [("clip", frames)], options):
+        if isinstance(rows, Exception):  # no window under the schedule
+            raise rows
         results = rows
     return results
 
@@ -185,14 +187,12 @@ def extract(videos: str | os.PathLike, out: str | os.PathLike, dataset: str, bac
             split: str = "test", fold: int | None = None, batch_per_device: int | None = None,
             pool_frames: int | None = None, workers: int = 2, progress: bool = True) -> dict[str, Any]:
     """Extract every clip of VIDEOS into OUT (the layout above); returns the summary (also written to
-    OUT/get_features/NAME/extract_summary.json)."""
+    OUT/get_features/NAME/extract_summary.json). In a multi-process run (`jax.distributed` initialised,
+    as `pthnet extract` does from the PTHNET_* variables) process i takes clips i, i + P, ..."""
     import jax
-
-    from pthnet_jax import parallel
 
     options = options or ExtractOptions()
     videos, out = Path(videos), Path(out)
-    parallel.maybe_initialize_distributed()
     process, processes = jax.process_index(), jax.process_count()
     paths = find_clips(videos)
     names = [clip_name(p, videos) for p in paths]
@@ -358,6 +358,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     options = ExtractOptions(tuple(args.strides), tuple(args.directions), args.schedule, args.end, args.short,
                              args.face)
+    from pthnet_jax import parallel
+
+    parallel.maybe_initialize_distributed()  # before any JAX computation; the processes split the clips
     try:
         backbone = load_backbone(args.backbone, args.dtype)
         summary = extract(args.videos, args.out, args.dataset, backbone, options=options, labels=args.labels,

@@ -55,10 +55,12 @@ def predict_videos(videos: Sequence[str | os.PathLike | np.ndarray], backbone: B
         frames = video if isinstance(video, np.ndarray) else load_clip(video)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"decoded clips must be (N, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
-        features = clip_features(engine, frames, options)
-        if not features:
-            raise DecodeError(f"{video if not isinstance(video, np.ndarray) else 'clip'}: {len(frames)} frames "
-                              f"give no window under the '{schedule}' schedule")
+        try:
+            features = clip_features(engine, frames, options)
+        except DecodeError as err:
+            name = "clip" if isinstance(video, np.ndarray) else str(video)
+            raise DecodeError(f"{name}: {len(frames)} frames give no window under the '{schedule}' schedule "
+                              f"({err})") from err
         logits = clip_logits(model, variables, features[(H_STRIDE, "forward")])
         if rv_model is not None:
             logits = fuse_logits(logits, clip_logits(rv_model, rv_variables, features[(H_STRIDE, "reverse")]), mu)
