@@ -124,9 +124,11 @@ def run_torch(args, batched: bool) -> dict:
     from pthnet_jax.video.decode import find_clips, load_clip
     from pthnet_jax.video.windows import plan_clip, window_starts
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device(args.torch_device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
     config = _config(args.size, args.depth)
-    model = from_flax(config, _params(config), fused=batched)
+    model = from_flax(config, _params(config), fused=batched).to(device)
     clips = find_clips(args.videos)
     decode_seconds, windows, started = 0.0, 0, time.perf_counter()
     with torch.inference_mode():
@@ -139,26 +141,27 @@ def run_torch(args, batched: bool) -> dict:
                     for stride in (4, 8, 16):
                         for start in window_starts(len(ordered), stride):
                             index = np.minimum(np.arange(start, start + 16), len(ordered) - 1)
-                            clip = torch.from_numpy(np.ascontiguousarray(ordered[index])).permute(0, 3, 1, 2).float() / 255.0
+                            clip = torch.from_numpy(np.ascontiguousarray(ordered[index])).to(device)
+                            clip = clip.permute(0, 3, 1, 2).float() / 255.0
                             clip = F.interpolate(clip, size=(224, 224), mode="bilinear", align_corners=False)
-                            model(clip.permute(1, 0, 2, 3)[None])
+                            model(clip.permute(1, 0, 2, 3)[None]).cpu()  # the original saves each window's features
                             windows += 1
             else:
-                resized = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0,
+                resized = F.interpolate(torch.from_numpy(frames).to(device).permute(0, 3, 1, 2).float() / 255.0,
                                         size=(224, 224), mode="bilinear", align_corners=False)  # (N, 3, 224, 224)
                 plan = plan_clip(len(frames))
-                index = torch.from_numpy(np.concatenate([plan.frame_indices(d) for d in ("forward", "reverse")]))
+                index = torch.from_numpy(np.concatenate([plan.frame_indices(d) for d in ("forward", "reverse")])).to(device)
                 for first in range(0, len(index), args.batch):
                     batch = resized[index[first:first + args.batch]].permute(0, 2, 1, 3, 4)  # (B, 3, 16, 224, 224)
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        model(batch)
+                    with torch.autocast(device.type, dtype=torch.bfloat16):
+                        model(batch).float().cpu()
                     windows += len(batch)
     seconds = time.perf_counter() - started
     listed = sum(plan_clip(len(load_clip(p))).num_listed for p in clips)
     return {"side": "torch_bf16_batched" if batched else "torch_f32_one", "seconds": seconds,
             "windows_computed": windows, "listed_windows": listed, "listed_windows_per_second": listed / seconds,
             "windows_per_second": windows / seconds, "decode_share": decode_seconds / seconds,
-            "peak_host_rss_mb": _peak_rss_mb(), "torch_threads": torch.get_num_threads()}
+            "peak_host_rss_mb": _peak_rss_mb(), "torch_threads": torch.get_num_threads(), "torch_device": str(device)}
 
 
 def bf16_drift(scratch: Path) -> dict:
@@ -194,7 +197,8 @@ def _child(side: str, args) -> dict:
     """Run one side in a fresh process; its last stdout line is its JSON result."""
     command = [sys.executable, "-m", "pthnet_jax.benchmarks.extract", "--videos", str(args.videos),
                "--scratch", str(args.scratch), "--size", args.size, "--batch", str(args.batch)]
-    command += ["--side", "jax", "--dtype", side[4:]] if side.startswith("jax_") else ["--side", side]
+    command += ["--side", "jax", "--dtype", side[4:]] if side.startswith("jax_") else \
+        ["--side", side, "--torch-device", args.torch_device]
     if args.depth:
         command += ["--depth", str(args.depth)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -211,11 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 24, 33, 40],
                         help="clip lengths, cycled over the clips (default: FERv39k-like short clips)")
-    parser.add_argument("--batch", type=int, default=4, help="windows per device per step (JAX) / per batch (torch)")
+    parser.add_argument("--batch", type=int, default=2, help="windows per device per step (JAX) / per batch (torch)")
     parser.add_argument("--bf16", action="store_true", help="also run JAX in bfloat16 and measure the drift")
     parser.add_argument("--demo-workdir", type=Path, help="a `pthnet demo-video --workdir` directory for the "
                                                           "bf16 prediction agreement")
     parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--torch-device", default="cpu", help="device of the PyTorch sides (cuda with a CUDA build)")
     parser.add_argument("--out", type=Path, default=Path("pthnet-bench-extract"))
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--videos", type=Path, help=argparse.SUPPRESS)

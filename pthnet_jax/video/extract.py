@@ -352,7 +352,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--fold", type=int, help="fold number in the list file names (fold datasets)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="backbone compute dtype (float32 for the original's numbers)")
-    parser.add_argument("--batch", type=int, help="windows per device per step (default 4 CPU, 32 accelerators)")
+    parser.add_argument("--batch", type=int, help="windows per device per step (default 2 CPU, 32 accelerators)")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
