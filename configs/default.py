@@ -1,4 +1,4 @@
-"""Base config: the original training script's defaults (spec §3). Benchmarks override a few fields."""
+"""Base config: the original training script's defaults. Benchmark configs override a few fields."""
 import ml_collections
 
 
@@ -9,7 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(dict(
         n_in=1408, n_embd=512, mlp_dim=768, max_len=16, arch=(2, 2, 1, 1), scale_factor=2,
         with_ln=True, path_pdrop=0.1, downsample_type="max", thr_size=(3, 1, 3, 3), k=(1, 3, 5),
-        num_classes=7, use_pos=False, num_heads=8))
+        num_classes=0,  # 0: the dataset's class count (from its metadata)
+        use_pos=False, num_heads=8))
     config.model_dtype = "float32"  # "bfloat16": compute dtype for throughput-only runs
 
     config.data = ml_collections.ConfigDict(dict(

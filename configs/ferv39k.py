@@ -5,7 +5,6 @@ from pthnet_jax.configs import default
 def get_config():
     config = default.get_config()
     config.benchmark = "FERv39k"
-    config.model.num_classes = 7
     config.train.epochs = 20
     config.optim.milestones = (5, 10, 15)
     config.optim.gamma = 0.1

@@ -5,5 +5,4 @@ from pthnet_jax.configs import default
 def get_config():
     config = default.get_config()
     config.benchmark = "RAVDESS"
-    config.model.num_classes = 8
     return config

@@ -1,12 +1,17 @@
-"""`pthnet convert SRC DST`: a `.pth` file -> checkpoint directory, or a checkpoint directory -> `.pth`."""
+"""`pthnet convert SRC DST`: a `.pth`/`.safetensors` file -> checkpoint directory, or a checkpoint
+directory -> `.pth` / `.safetensors` file (by DST's suffix). Neither direction needs PyTorch.
+
+DST appears only once everything succeeded (a staged directory or a temporary file renamed into
+place); a failure leaves no staging path behind and an existing DST (with --force) untouched. Errors
+are one escaped line on stderr and exit status 2, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+
+from pthnet_jax.convert.errors import escape_text
 
 
 def _describe(config) -> str:
@@ -15,70 +20,86 @@ def _describe(config) -> str:
             f"with_ln={config.with_ln} path_pdrop={config.path_pdrop}")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+def _say(text: str, err: bool = False) -> None:
+    print(escape_text(text), file=sys.stderr if err else sys.stdout)
 
 
-def _write_then_swap(dst: Path, write: Callable[[Path], Any]) -> Any:
-    """Run `write` into a staging name beside `dst`, then put it in place.
+def _import_to_directory(src: Path, dst: Path):
+    """Read and map SRC first, then write the Orbax directory under a staging name and swap it in."""
+    from pthnet_jax.checkpoint import save_checkpoint
+    from pthnet_jax.convert.io import import_pth
+    from pthnet_jax.fsutil import remove_path, staged_dir
 
-    An existing `dst` (allowed by --force) is only removed once the new output is complete, so a
-    failed conversion leaves it untouched.
-    """
-    dst = dst.absolute()
-    staging = dst.with_name(f".{dst.name}.convert-{os.getpid()}")
-    retired = dst.with_name(f".{dst.name}.replaced-{os.getpid()}")
-    _remove(staging)
-    try:
-        result = write(staging)
-    except BaseException:
-        _remove(staging)
-        raise
-    if dst.exists() or dst.is_symlink():
-        os.replace(dst, retired)
-        os.replace(staging, dst)
-        _remove(retired)
-    else:
-        os.replace(staging, dst)
-    return result
+    imported = import_pth(src)
+    with staged_dir(dst) as staging:
+        staging.rmdir()  # Orbax creates the directory itself (it refuses an existing one)
+        try:
+            save_checkpoint(staging, imported.variables["params"], imported.config, imported.provenance,
+                            imported.torch_extra)
+        finally:  # Orbax's own temporary directories beside the staging name, on any failure
+            for leftover in staging.parent.glob(f"{staging.name}.*"):
+                remove_path(leftover)
+    return imported
+
+
+def _file_to_file(src: Path, dst: Path) -> int:
+    """A `.pth`/`.safetensors` file to another such file: imported (checked), then exported."""
+    import tempfile
+
+    from pthnet_jax.convert.io import export_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix=".pthnet-convert-", dir=dst.absolute().parent) as scratch:
+        imported = _import_to_directory(src, Path(scratch) / "checkpoint")
+        summary = export_checkpoint(Path(scratch) / "checkpoint", dst)
+    _say(f"converted {src} -> {dst}: {summary['num_params']:,} parameters; {_describe(imported.config)}; "
+         "the model's tensors only (an optimizer state or training recorder in SRC is not carried over)")
+    return 0
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="pthnet convert", description="Convert between original PyTorch PTH-Net .pth files and "
-        "pthnet-jax checkpoint directories. The direction follows SRC: a file is imported (no PyTorch "
-        "needed, nothing in the file is executed), a directory is exported (needs PyTorch).")
-    parser.add_argument("src", type=Path, help=".pth file, or a checkpoint directory")
-    parser.add_argument("dst", type=Path, help="checkpoint directory to create, or .pth file to write")
+        prog="pthnet convert", description="Convert between original PyTorch PTH-Net .pth files (or "
+        ".safetensors) and pthnet-jax checkpoint directories. The direction follows SRC: a file is "
+        "imported (nothing in the file is executed), a directory is exported to DST's format "
+        "(.safetensors, else a torch.save .pth). PyTorch is needed for neither.")
+    parser.add_argument("src", type=Path, help=".pth / .safetensors file, or a checkpoint directory")
+    parser.add_argument("dst", type=Path, help="checkpoint directory to create, or .pth/.safetensors file")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
 
-    from pthnet_jax.convert.io import checkpoint_to_pth, pth_to_checkpoint
     from pthnet_jax.models.pthnet import count_params
 
-    if not args.src.exists():
-        print(f"pthnet convert: {args.src}: no such file or directory", file=sys.stderr)
+    src, dst = args.src, args.dst
+    if not src.exists():
+        _say(f"pthnet convert: {src}: no such file or directory", err=True)
         return 2
-    if args.dst.exists() and not args.force:
-        print(f"pthnet convert: {args.dst} exists (use --force to replace it)", file=sys.stderr)
+    if (dst.exists() or dst.is_symlink()) and not args.force:
+        _say(f"pthnet convert: {dst} exists (use --force to replace it)", err=True)
         return 2
-    if args.src.absolute() == args.dst.absolute():
-        print(f"pthnet convert: SRC and DST are the same path ({args.src})", file=sys.stderr)
+    if src.absolute() == dst.absolute():
+        _say(f"pthnet convert: SRC and DST are the same path ({src})", err=True)
         return 2
+    if src.is_dir() and not (src / "pthnet").exists() and (src / "best" / "pthnet").exists():
+        src = src / "best"  # a training workdir: its best checkpoint, as load_model and evaluate take it
+        _say(f"{args.src} is a training run: converting its best checkpoint {src}")
     try:
-        if args.src.is_file():
-            imported = _write_then_swap(args.dst, lambda staging: pth_to_checkpoint(args.src, staging))
+        if src.is_file() and dst.suffix in (".pth", ".safetensors"):
+            return _file_to_file(src, dst)
+        if src.is_file():
+            imported = _import_to_directory(src, dst)
             n = count_params(imported.variables["params"])
-            print(f"imported {args.src} -> {args.dst}: {n:,} parameters; {_describe(imported.config)}; "
-                  f"epoch={imported.provenance['epoch']} best_acc={imported.provenance['best_acc']}")
+            _say(f"imported {src} -> {dst}: {n:,} parameters; {_describe(imported.config)}; "
+                 f"epoch={imported.provenance['epoch']} best_acc={imported.provenance['best_acc']}")
         else:
-            summary = _write_then_swap(args.dst, lambda staging: checkpoint_to_pth(args.src, staging))
-            print(f"exported {args.src} -> {args.dst}: {summary['num_params']:,} parameters; "
-                  f"{_describe(summary['config'])}; epoch={summary['epoch']}")
-    except (ValueError, ImportError, OSError) as err:
-        print(f"pthnet convert: {err}", file=sys.stderr)
+            if dst.is_dir() and not dst.is_symlink():
+                _say(f"pthnet convert: {dst} is a directory; exporting writes a file", err=True)
+                return 2
+            from pthnet_jax.convert.io import export_checkpoint
+
+            summary = export_checkpoint(src, dst)
+            _say(f"exported {src} -> {dst}: {summary['num_params']:,} parameters; "
+                 f"{_describe(summary['config'])}; epoch={summary['epoch']}")
+    except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: disk, permissions
+        _say(f"pthnet convert: {err}", err=True)
         return 2
     return 0

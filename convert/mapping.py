@@ -14,8 +14,10 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Mapping
 
+import ml_dtypes
 import numpy as np
 
+from pthnet_jax.convert.errors import show
 from pthnet_jax.models.pthnet import LEVELS, ModelConfig
 
 PREFIX = "module."
@@ -147,10 +149,48 @@ def torch_keys_in_order(config: ModelConfig) -> list[str]:
     return ordered + head
 
 
+# Sane bounds for a config inferred from a file (a crafted key such as `stem.1000000000000.x` or a
+# huge tensor shape must not turn into an absurd model).
+MAX_LAYERS = 64
+MAX_WIDTH = 1 << 16
+MAX_KERNEL = 63
+
+
+def check_config_bounds(config: ModelConfig) -> None:
+    """MappingError unless every size of `config` is within the bounds a real PTH-Net could have."""
+    problems = []
+    for name in ("n_in", "n_embd", "mlp_dim", "num_classes"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_WIDTH:
+            problems.append(f"{name}={value!r} (1..{MAX_WIDTH})")
+    if not all(0 <= n <= MAX_LAYERS for n in config.arch) or config.arch[0] < 1:
+        problems.append(f"arch={config.arch} (each 0..{MAX_LAYERS}, at least one embedding conv)")
+    if not all(1 <= n <= MAX_KERNEL for n in (*config.thr_size, *config.k)):
+        problems.append(f"thr_size={config.thr_size}, k={config.k} (kernels 1..{MAX_KERNEL})")
+    if not isinstance(config.max_len, int) or not 4 <= config.max_len <= 4096:
+        problems.append(f"max_len={config.max_len!r} (4..4096)")
+    if not isinstance(config.num_heads, int) or not 1 <= config.num_heads <= 256:
+        problems.append(f"num_heads={config.num_heads!r} (1..256)")
+    if not isinstance(config.path_pdrop, (int, float)) or not 0.0 <= config.path_pdrop < 1.0:
+        problems.append(f"path_pdrop={config.path_pdrop!r} (0..1)")
+    if problems:
+        raise MappingError("config out of the supported bounds: " + ", ".join(problems))
+
+
 def _count_indices(keys: Iterable[str], stage: str) -> int:
+    """Layers of a stage: indices must run 0..n-1 with n <= MAX_LAYERS."""
     pattern = re.compile(rf"^{re.escape(stage)}\.(\d+)\.")
-    indices = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
-    return max(indices) + 1 if indices else 0
+    found = {m.group(1) for key in keys if (m := pattern.match(key))}
+    if not found:
+        return 0
+    if any(len(text) > 3 or (text != "0" and text.startswith("0")) for text in found):
+        raise MappingError(f"layer indices of '{stage}' out of range: "
+                           f"{sorted(found, key=len)[-3:]} (at most {MAX_LAYERS} layers)")
+    indices = {int(text) for text in found}
+    if max(indices) >= MAX_LAYERS or len(indices) != max(indices) + 1:
+        raise MappingError(f"layer indices of '{stage}' are not 0..n-1 with n <= {MAX_LAYERS}: "
+                           f"{sorted(indices)[:10]}")
+    return len(indices)
 
 
 def infer_config(state_dict: Mapping[str, np.ndarray]) -> tuple[ModelConfig, list[str]]:
@@ -161,24 +201,30 @@ def infer_config(state_dict: Mapping[str, np.ndarray]) -> tuple[ModelConfig, lis
                            f"required; found keys starting with {sorted({k.split('.')[0] for k in keys})}")
     embd = state_dict["embd.0.conv.weight"]
     head = state_dict["head.weight"]
-    if np.ndim(embd) != 3 or np.ndim(head) != 2:
+    if not isinstance(embd, np.ndarray) or not isinstance(head, np.ndarray) or np.ndim(embd) != 3 \
+            or np.ndim(head) != 2:
         raise MappingError(f"'embd.0.conv.weight' must be 3-D (out, in, k), got {np.shape(embd)}; "
                            f"'head.weight' must be 2-D (classes, channels), got {np.shape(head)}")
     arch = (_count_indices(keys, "embd"), *(_count_indices(keys, stage) for stage in STAGES))
     defaults = ModelConfig()
+    def dim(key: str, axis: int) -> int:
+        value = state_dict.get(key)
+        if value is None:
+            raise MappingError(f"missing key '{key}' needed to infer the THR layer shapes")
+        if np.ndim(value) <= axis:
+            raise MappingError(f"'{key}' has shape {np.shape(value)}: expected at least {axis + 1} axes")
+        return int(np.shape(value)[axis])
+
     thr_size = [embd.shape[2]]
     for stage, depth, default in zip(STAGES, arch[1:], defaults.thr_size[1:]):
         key = f"{stage}.0.psi.weight"
-        thr_size.append(state_dict[key].shape[2] if depth and key in state_dict else default)
+        thr_size.append(dim(key, 2) if depth else default)
     first_thr = next((f"{s}.0" for s, d in zip(STAGES, arch[1:]) if d), None)
     k = defaults.k
     mlp_dim = defaults.mlp_dim
     if first_thr is not None:
-        try:
-            k = tuple(state_dict[f"{first_thr}.convkw_{lvl}.weight"].shape[2] for lvl in LEVELS)
-            mlp_dim = state_dict[f"{first_thr}.mlp.0.weight"].shape[0]
-        except KeyError as err:
-            raise MappingError(f"missing key {err} needed to infer the THR layer shapes") from err
+        k = tuple(dim(f"{first_thr}.convkw_{lvl}.weight", 2) for lvl in LEVELS)
+        mlp_dim = dim(f"{first_thr}.mlp.0.weight", 0)
     has_drop_path = any(".drop_path_out.scale" in key for key in keys)
     notes = ["max_len, scale_factor, downsample_type and use_pos are not stored in a state dict: "
              "using the original's defaults (16, 2, 'max', False)"]
@@ -190,18 +236,27 @@ def infer_config(state_dict: Mapping[str, np.ndarray]) -> tuple[ModelConfig, lis
                              arch=arch, with_ln="embd_norm.0.weight" in state_dict,
                              path_pdrop=0.1 if has_drop_path else 0.0, thr_size=tuple(thr_size), k=k,
                              num_classes=int(head.shape[0]))
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise MappingError(f"the tensor shapes give an unsupported config: {err}") from err
+    check_config_bounds(config)
     return config, notes
 
 
 def _check_keys(state_dict: Mapping[str, np.ndarray], expected: list[str]) -> None:
+    expected_set = set(expected)  # once: a membership test per key, linear overall
     missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in set(expected)]
+    unexpected = [k for k in state_dict if k not in expected_set]
     if missing or unexpected:
         raise MappingError("state dict does not match the inferred PTH-Net architecture:\n"
-                           f"  missing keys ({len(missing)}): {missing}\n"
-                           f"  unexpected keys ({len(unexpected)}): {unexpected}")
+                           f"  missing keys ({len(missing)}): {_some(missing)}\n"
+                           f"  unexpected keys ({len(unexpected)}): {_some(unexpected)}")
+
+
+def _some(keys: list[str], limit: int = 20) -> str:
+    """A bounded, escaped list of key names for a message."""
+    shown = [show(k) for k in keys[:limit]]
+    return "[" + ", ".join(repr(k) for k in shown) + (f", ... {len(keys) - limit} more]"
+                                                       if len(keys) > limit else "]")
 
 
 def _set(tree: dict, path: str, value: Any) -> None:
@@ -234,6 +289,12 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: ModelConfig | No
     notes: list[str] = []
     if config is None:
         config, notes = infer_config(state_dict)
+    check_config_bounds(config)
+    bad = [f"{show(k)}: {getattr(v, 'dtype', type(v).__name__)}" for k, v in state_dict.items()
+           if not isinstance(v, np.ndarray) or not _is_float(v.dtype)]
+    if bad:
+        raise MappingError(f"parameters must be floating-point arrays; not: {', '.join(bad[:10])}"
+                           + (f" and {len(bad) - 10} more" if len(bad) > 10 else ""))
     rows, unused = key_table(config)
     _check_keys(state_dict, [k for k, _, _ in rows] + unused)
     shapes = expected_flax_shapes(config)
@@ -246,8 +307,9 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: ModelConfig | No
         except (ValueError, IndexError):
             value = None
         if value is None or tuple(value.shape) != shapes[flax_path]:
-            wrong.append(f"{torch_key}: shape {tuple(tensor.shape)} does not give {flax_path} "
-                         f"{shapes[flax_path]}")
+            if len(wrong) < 20:
+                wrong.append(f"{torch_key}: shape {tuple(tensor.shape)} does not give {flax_path} "
+                             f"{shapes[flax_path]}")
             continue
         _set(params, flax_path, value)
     if wrong:
@@ -255,6 +317,10 @@ def torch_to_flax(state_dict: Mapping[str, np.ndarray], config: ModelConfig | No
                            f"{config}:\n  " + "\n  ".join(wrong))
     extra = {key: np.asarray(state_dict[key]) for key in unused}
     return config, params, extra, notes
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype == ml_dtypes.bfloat16
 
 
 def flax_to_torch(params: Mapping[str, Any], config: ModelConfig,

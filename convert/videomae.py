@@ -18,23 +18,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from pthnet_jax.convert.errors import CheckpointError, show
 from pthnet_jax.convert.mapping import MappingError
-from pthnet_jax.models.videomae import CHECKPOINT_FILE, SIZES, VideoMAEConfig
+from pthnet_jax.models.videomae import CHECKPOINT_FILE, SIZES, VideoMAE, VideoMAEConfig
 
 PRETRAINING_FILE = "vit_g_hybrid_pt_1200e.pth"
 PREFIXES = ("module.", "_orig_mod.")
 WRAPPER_KEYS = ("module", "model", "state_dict")
 DROPPED = ("head.weight", "head.bias")  # the Kinetics-710 classifier; features are taken before it
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_BLOCK = re.compile(r"^blocks\.(\d{1,9})\.")
 
 
-class VideoMAEMappingError(MappingError):
-    """State dict keys or shapes that do not fit a VideoMAE V2 ViT."""
+class VideoMAEMappingError(CheckpointError, MappingError):
+    """State dict keys or shapes that do not fit a VideoMAE V2 ViT; the message starts with the file."""
 
 
 @dataclasses.dataclass
@@ -44,9 +44,23 @@ class LoadedVideoMAE:
     notes: list[str]
 
 
+def describe(config: VideoMAEConfig, params: Any = None) -> str:
+    """One line naming the model a checkpoint holds (for `pthnet convert` and logs)."""
+    text = (f"VideoMAE V2 ViT {config.name or '(custom size)'}: {config.embed_dim}-d, {config.depth} blocks, "
+            f"{config.num_heads} heads, MLP {config.mlp_dim}, patch {config.tubelet_size}x{config.patch_size}"
+            f"x{config.patch_size}")
+    if params is not None:
+        import jax
+
+        leaves = jax.tree.leaves(params)
+        dtypes = sorted({str(leaf.dtype) for leaf in leaves})
+        text += f", {sum(int(np.prod(leaf.shape)) for leaf in leaves):,} parameters ({'/'.join(dtypes)})"
+    return text
+
+
 # --- containers and prefixes ------------------------------------------------------------------
 
-def unwrap(loaded: Any, source: str = "<state dict>") -> tuple[dict[str, Any], list[str]]:
+def unwrap(loaded: Any, source: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """The flat model state dict inside `loaded` + notes on what was unwrapped.
 
     Accepts `{'module': sd}`, `{'model': sd}`, `{'state_dict': sd}`, a bare state dict, and keys
@@ -60,7 +74,7 @@ def unwrap(loaded: Any, source: str = "<state dict>") -> tuple[dict[str, Any], l
         notes.append(f"state dict taken from the '{wrappers[0]}' entry")
         loaded = loaded[wrappers[0]]
     if not isinstance(loaded, Mapping):
-        raise VideoMAEMappingError(f"{source}: expected a state dict (a mapping of names to tensors), "
+        raise VideoMAEMappingError(source, f"expected a state dict (a mapping of names to tensors), "
                                    f"found {type(loaded).__name__}")
     state_dict = dict(loaded)
     changed = True
@@ -73,7 +87,7 @@ def unwrap(loaded: Any, source: str = "<state dict>") -> tuple[dict[str, Any], l
                 changed = True
     bad = [key for key, value in state_dict.items() if not hasattr(value, "shape")]
     if bad:
-        raise VideoMAEMappingError(f"{source}: entries that are not tensors: {bad[:10]}")
+        raise VideoMAEMappingError(source, f"entries that are not tensors: {[show(k) for k in bad[:10]]}")
     return state_dict, notes
 
 
@@ -90,13 +104,14 @@ def is_pretraining(keys: Iterable[str]) -> bool:
 
 # --- sizes --------------------------------------------------------------------------------------
 
-def _shape(state_dict: Mapping[str, Any], key: str, source: str) -> tuple[int, ...]:
+def _shape(state_dict: Mapping[str, Any], key: str, source: str | None) -> tuple[int, ...]:
     if key not in state_dict:
-        raise VideoMAEMappingError(f"{source}: key '{key}' is missing; cannot infer the model size")
+        raise VideoMAEMappingError(source, f"key '{key}' is missing; cannot infer the model size")
     return tuple(int(n) for n in state_dict[key].shape)
 
 
-def infer_config(state_dict: Mapping[str, Any], source: str = "<state dict>", **overrides: Any) -> VideoMAEConfig:
+def infer_config(state_dict: Mapping[str, Any], source: str | None = None,
+                 **overrides: Any) -> VideoMAEConfig:
     """Sizes from the shapes (width, depth, MLP width, patch, tubelet, channels).
 
     The number of heads is not in the shapes: it comes from the family member of that width
@@ -106,16 +121,17 @@ def infer_config(state_dict: Mapping[str, Any], source: str = "<state dict>", **
         raise pretraining_error(source)
     proj = _shape(state_dict, "patch_embed.proj.weight", source)
     if len(proj) != 5 or proj[3] != proj[4]:
-        raise VideoMAEMappingError(f"{source}: 'patch_embed.proj.weight' has shape {proj}; expected a "
+        raise VideoMAEMappingError(source, f"'patch_embed.proj.weight' has shape {proj}; expected a "
                                    "Conv3d weight (embed_dim, channels, tubelet, patch, patch)")
     embed_dim, in_chans, tubelet, patch = proj[0], proj[1], proj[2], proj[3]
     indices = {int(m.group(1)) for key in state_dict if (m := _BLOCK.match(key))}
     if not indices:
-        raise VideoMAEMappingError(f"{source}: no 'blocks.<i>.' keys; not a VideoMAE ViT state dict")
+        raise VideoMAEMappingError(source, "no 'blocks.<i>.' keys; not a VideoMAE ViT state dict")
     depth = max(indices) + 1
-    if indices != set(range(depth)):
-        raise VideoMAEMappingError(f"{source}: blocks {sorted(set(range(depth)) - indices)} are missing "
-                                   f"(found indices up to {depth - 1})")
+    if depth != len(indices):  # never build range(depth): a crafted index could be huge
+        gaps = [i for i in range(len(indices) + 1) if i not in indices][:10]
+        raise VideoMAEMappingError(source, f"blocks {gaps} are missing (found {len(indices)} blocks with "
+                                   f"indices up to {depth - 1})")
     mlp_dim = _shape(state_dict, "blocks.0.mlp.fc1.weight", source)[0]
     values: dict[str, Any] = {"embed_dim": embed_dim, "depth": depth, "mlp_dim": mlp_dim, "patch_size": patch,
                               "tubelet_size": tubelet, "in_chans": in_chans}
@@ -123,19 +139,19 @@ def infer_config(state_dict: Mapping[str, Any], source: str = "<state dict>", **
         by_width = {sizes[0]: sizes[2] for sizes in SIZES.values()}
         if embed_dim not in by_width:
             raise VideoMAEMappingError(
-                f"{source}: embed_dim={embed_dim} is not a width of the family ({sorted(by_width)}); the "
+                source, f"embed_dim={embed_dim} is not a width of the family ({sorted(by_width)}); the "
                 "number of heads cannot be read from the shapes: pass num_heads (or a config)")
         values["num_heads"] = by_width[embed_dim]
     values.update(overrides)
     try:
         return VideoMAEConfig(**values)
     except (TypeError, ValueError) as err:
-        raise VideoMAEMappingError(f"{source}: {err}") from err
+        raise VideoMAEMappingError(source, f"{err}") from err
 
 
-def pretraining_error(source: str) -> VideoMAEMappingError:
+def pretraining_error(source: str | None) -> VideoMAEMappingError:
     return VideoMAEMappingError(
-        f"{source}: this is a VideoMAE V2 pre-training checkpoint (encoder./decoder. keys, like "
+        source, f"this is a VideoMAE V2 pre-training checkpoint (encoder./decoder. keys, like "
         f"{PRETRAINING_FILE}), a different model from the one PTH-Net's features come from; use the "
         f"fine-tuned checkpoint {CHECKPOINT_FILE}")
 
@@ -185,14 +201,15 @@ def key_table(config: VideoMAEConfig) -> list[tuple[str, str, Transform, tuple[i
     return table
 
 
-def check_keys(state_dict: Mapping[str, Any], config: VideoMAEConfig, source: str = "<state dict>") -> list[str]:
+def check_keys(state_dict: Mapping[str, Any], config: VideoMAEConfig,
+               source: str | None = None) -> list[str]:
     """Strict key and shape check (no array is read). Returns notes on keys dropped on purpose."""
     if is_pretraining(state_dict):
         raise pretraining_error(source)
     table = key_table(config)
     expected = {key: shape for key, _, _, shape in table}
     missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected and key not in DROPPED]
+    unexpected = [show(key) for key in state_dict if key not in expected and key not in DROPPED]
     wrong = [f"{key}: {tuple(state_dict[key].shape)}, expected {expected[key]}"
              for key in expected if key in state_dict and tuple(state_dict[key].shape) != expected[key]]
     problems = []
@@ -207,8 +224,9 @@ def check_keys(state_dict: Mapping[str, Any], config: VideoMAEConfig, source: st
         if "norm.weight" in state_dict and "fc_norm.weight" not in state_dict:
             problems.append("(a per-token 'norm' instead of 'fc_norm': not the mean-pooled fine-tuned "
                             f"model; use {CHECKPOINT_FILE})")
-        raise VideoMAEMappingError(f"{source}: the state dict does not fit VideoMAE {config.name or ''} "
-                                   f"({config.embed_dim}/{config.depth}/{config.num_heads}): " + "; ".join(problems))
+        size = f"{config.name or ''} ({config.embed_dim}/{config.depth}/{config.num_heads})"
+        raise VideoMAEMappingError(source, f"the state dict does not fit VideoMAE {size}: "
+                                   + "; ".join(problems))
     return [f"'{key}' not used (classification head)" for key in DROPPED if key in state_dict]
 
 
@@ -224,7 +242,7 @@ def _to_numpy(array: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 def torch_to_flax(state_dict: dict[str, Any], config: VideoMAEConfig | None = None, dtype: Any = None,
-                  source: str = "<state dict>", place: Callable[[np.ndarray, Any], Any] = _to_numpy,
+                  source: str | None = None, place: Callable[[np.ndarray, Any], Any] = _to_numpy,
                   consume: bool = False) -> tuple[VideoMAEConfig, dict[str, Any], list[str]]:
     """Flat (prefix-stripped) PyTorch state dict -> (config, Flax params tree, notes).
 
@@ -259,35 +277,16 @@ def flax_shapes(config: VideoMAEConfig) -> dict[str, tuple[int, ...]]:
 # --- files --------------------------------------------------------------------------------------
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
-    """A `.pth` (via the safe reader, no PyTorch) or `.safetensors` file -> flat state dict + notes."""
-    path = Path(path)
-    source = str(path)
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import load_file
+    """A `.pth` or `.safetensors` file -> flat, prefix-stripped state dict + notes.
 
-        try:
-            loaded = load_file(path)
-        except Exception as err:  # safetensors raises its own error types
-            raise VideoMAEMappingError(f"{source}: cannot read the safetensors file ({err})") from err
-        return unwrap(loaded, source)
-    loaded = _read_pth(path)
-    return unwrap(loaded, source)
+    Read by the project's safe reader (`state_dict_from_file`: nothing in the file is executed,
+    PyTorch is not needed, `{'module': ...}` / `{'model': ...}` containers opened); `module.` /
+    `_orig_mod.` prefixes are stripped here.
+    """
+    from pthnet_jax.convert.io import state_dict_from_file
 
-
-def _read_pth(path: Path) -> Any:
-    from pthnet_jax.convert import state_dict_from_file
-    from pthnet_jax.convert.torch_pickle import CheckpointReadError, read_torch_file
-
-    try:
-        state_dict, _ = state_dict_from_file(path)
-        return state_dict
-    except CheckpointReadError as err:
-        # The generic reader refuses containers it does not know ({'module': ...}, {'model': ...});
-        # read the file again as plain data and unwrap it here. Outside the `except` block, so the
-        # first attempt's arrays are released first.
-        if "non-tensor entries" not in str(err) and "expected a dict" not in str(err):
-            raise
-    return read_torch_file(path)
+    state_dict, _ = state_dict_from_file(path)
+    return unwrap(state_dict, str(path))
 
 
 def load_checkpoint(path: str | os.PathLike, config: VideoMAEConfig | None = None, dtype: Any = None,
@@ -316,6 +315,20 @@ def load_checkpoint(path: str | os.PathLike, config: VideoMAEConfig | None = Non
     return LoadedVideoMAE(config, {"params": params}, notes + more)
 
 
-__all__ = ["DROPPED", "LoadedVideoMAE", "PRETRAINING_FILE", "VideoMAEMappingError", "check_keys",
+def load_videomae(path: str | os.PathLike, dtype: Any = None, compute_dtype: Any = np.float32,
+                  config: VideoMAEConfig | None = None, attention: str = "auto", **overrides: Any
+                  ) -> tuple[VideoMAE, dict[str, Any]]:
+    """A VideoMAE V2 checkpoint (`.pth` or `.safetensors`) -> (module, {"params": ...}).
+
+    The size is inferred from the shapes unless `config` is given (`overrides` such as num_heads,
+    num_frames, img_size complete the inferred config). Parameters keep the checkpoint's precision
+    (float16 for the released ViT-g) unless `dtype` asks for another; `compute_dtype` is the
+    module's compute dtype (float32: the original's numbers; bfloat16: speed).
+    """
+    loaded = load_checkpoint(path, config=config, dtype=dtype, **overrides)
+    return VideoMAE(loaded.config, dtype=compute_dtype, attention=attention), loaded.variables
+
+
+__all__ = ["DROPPED", "LoadedVideoMAE", "PRETRAINING_FILE", "VideoMAEMappingError", "check_keys", "describe",
            "flax_shapes", "infer_config", "is_pretraining", "is_videomae", "key_table", "load_checkpoint",
-           "read_state_dict", "torch_to_flax", "unwrap"]
+           "load_videomae", "read_state_dict", "torch_to_flax", "unwrap"]

@@ -11,6 +11,7 @@ directory of a training run's `CheckpointManager` carries the same items (plus `
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -100,3 +101,87 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
         if (path / EXTRA_ITEM).is_dir():
             extra = {k: np.asarray(v) for k, v in checkpointer.restore(path / EXTRA_ITEM).items()}
     return config, {"params": params}, info, extra
+
+
+# ---- training runs ---------------------------------------------------------------------------------
+# A training workdir holds `checkpoints/<step>/` (the items above plus `train_state`, written by an
+# Orbax CheckpointManager) and `best/` (a model checkpoint directory of the best epoch so far).
+
+CHECKPOINTS, BEST = "checkpoints", "best"
+TRAIN_STATE_ITEM = "train_state"
+
+
+@dataclasses.dataclass
+class RunState:
+    """Bookkeeping saved with every checkpoint (in the `pthnet` JSON item)."""
+
+    epoch: int = 0  # epochs completed
+    history: list = dataclasses.field(default_factory=list)
+    best: dict = dataclasses.field(default_factory=dict)
+
+
+class TrainCheckpoints:
+    """The checkpoints of one training run: every epoch (keep the last `keep`) and `best/`.
+
+    Every process of a multi-process run calls every method (the saves are collective); only
+    process 0 moves `best/` into place.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, keep: int):
+        self.workdir = Path(workdir).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
+                                               enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.workdir / CHECKPOINTS, options=options,
+                                             item_names=(PARAMS_ITEM, INFO_ITEM, TRAIN_STATE_ITEM))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore(self, state: Any) -> tuple[Any, RunState]:
+        """The latest step's train state (restored against `state`'s tree) and its bookkeeping."""
+        import jax
+
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        restored = self.manager.restore(self.manager.latest_step(), args=ocp.args.Composite(
+            **{TRAIN_STATE_ITEM: ocp.args.StandardRestore(target), INFO_ITEM: ocp.args.JsonRestore()}))
+        info = restored[INFO_ITEM]["provenance"]
+        return restored[TRAIN_STATE_ITEM], RunState(info["epoch"], info["history"], info["best"])
+
+    def save(self, state: Any, model_config: ModelConfig, run: RunState, *, best: bool = False,
+             interrupted: bool = False) -> None:
+        """A step directory with `params`, `pthnet` and `train_state`; and `best/` when `best`."""
+        provenance = {"source": "pthnet-jax training", "run": str(self.workdir), "step": int(state.step),
+                      "epoch": run.epoch, "history": run.history, "best": run.best,
+                      "best_acc": run.best.get("value"), "interrupted": interrupted}
+        items = save_args(state.params, model_config, provenance)
+        items[TRAIN_STATE_ITEM] = ocp.args.StandardSave(state)
+        self.manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)
+        self.manager.wait_until_finished()
+        if best:
+            self._replace_best(state.params, model_config, provenance)
+
+    def _replace_best(self, params: Any, model_config: ModelConfig, provenance: Mapping[str, Any]) -> None:
+        """Write the new best beside the old one, then swap: a crash leaves one complete copy.
+
+        The staging name is the same on every process (the save is collective); a leftover from a
+        killed run is removed first.
+        """
+        import jax
+        from jax.experimental import multihost_utils
+
+        from pthnet_jax.fsutil import remove_path, swap_in
+
+        staging = self.workdir / ".best-staging"
+        if jax.process_index() == 0:
+            remove_path(staging)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("pthnet best: staging clean")
+        save_checkpoint(staging, params, model_config, provenance)
+        if jax.process_index() == 0:
+            swap_in(staging, self.workdir / BEST)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("pthnet best: swapped")
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -9,13 +9,13 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pthnet_jax.demo", "synthesize data, import it, train, evaluate (the built-in default job)"),
-    "train": ("pthnet_jax.train", "train from an ml-collections config on all local devices"),
-    "evaluate": ("pthnet_jax.evaluate", "UAR/WAR/F1 of a checkpoint, forward/backward fusion, mu sweep"),
+    "demo": ("pthnet_jax.commands.demo", "synthesize data, import it, train, evaluate (the built-in default job)"),
+    "train": ("pthnet_jax.commands.train", "train from an ml-collections config on all local devices"),
+    "evaluate": ("pthnet_jax.commands.evaluate", "UAR/WAR/F1 of a checkpoint, forward/backward fusion, mu sweep"),
     "convert": ("pthnet_jax.convert.cli", "PyTorch .pth <-> pthnet-jax checkpoint directory"),
     "import-features": ("pthnet_jax.data.importer", "import VideoMAE V2 feature lists + .npy files into TFDS"),
     "synth": ("pthnet_jax.data.synth", "write synthetic features in the original layout"),
-    "bench": ("pthnet_jax.bench", "side-by-side speed benchmark against a PyTorch baseline"),
+    "bench": ("pthnet_jax.benchmarks.speed", "side-by-side speed benchmark against a PyTorch baseline"),
     "extract": ("pthnet_jax.video.extract", "VideoMAE V2 features of videos, in the original layout"),
     "predict": ("pthnet_jax.video.predict", "class probabilities of video files (backbone + PTH-Net)"),
     "demo-video": ("pthnet_jax.demo_video", "the whole video path on synthetic clips, nothing downloaded"),

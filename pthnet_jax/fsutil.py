@@ -106,11 +106,12 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
 
 @contextlib.contextmanager
 def staged_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
-    """Yield an empty staging directory beside `path`; swap it in when the block succeeds.
+    """Yield a staging path beside `path` (not created: the writer makes it); swap it in on success.
 
     An existing `path` is moved aside only once the new content is complete and removed after the
     swap, so a failure at any point leaves either the old or the new directory in place, never a
-    mix. With `replace=False` an existing `path` is an error (raised before any work).
+    mix. With `replace=False` an existing `path` is an error (raised before any work). Leftovers of
+    killed writers of the same `path` are removed first.
     """
     path = Path(path).absolute()
     if not replace and (path.exists() or path.is_symlink()):
@@ -119,14 +120,21 @@ def staged_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     remove_stale_staging(path)
     staging, retired = _hidden(path, _STAGING), _hidden(path, _RETIRED)
     remove_path(staging)
-    staging.mkdir()
     try:
         yield staging
-        if path.exists() or path.is_symlink():
-            os.replace(path, retired)
-            os.replace(staging, path)
-            remove_path(retired)
-        else:
-            os.replace(staging, path)
+        if not staging.exists():
+            raise FileNotFoundError(f"{staging}: the writer produced nothing")
+        swap_in(staging, path, retired)
     finally:
         remove_path(staging)
+
+
+def swap_in(staging: Path, path: Path, retired: Path | None = None) -> None:
+    """Put the complete directory `staging` at `path`, replacing what was there."""
+    retired = retired or _hidden(path, _RETIRED)
+    if path.exists() or path.is_symlink():
+        os.replace(path, retired)
+        os.replace(staging, path)
+        remove_path(retired)
+    else:
+        os.replace(staging, path)

@@ -1,4 +1,4 @@
-"""The hierarchy loss: CE(H) + KL(L || H) + KL(M || H), H's distribution detached (spec §3)."""
+"""The hierarchy loss: CE(H) + KL(L || H) + KL(M || H), H's distribution detached (the original's loss)."""
 from __future__ import annotations
 
 import jax

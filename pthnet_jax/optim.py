@@ -1,11 +1,18 @@
 """The original's optimiser: SGD (momentum 0.9, no dampening) with coupled L2 weight decay on every
-parameter, and a MultiStepLR schedule stepped once per epoch (spec §3)."""
+parameter, and a MultiStepLR schedule stepped once per epoch."""
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import optax
+
+
+class Optimizer(NamedTuple):
+    """The optax transformation that trains and the learning-rate schedule inside it (for logging)."""
+
+    transform: optax.GradientTransformation
+    schedule: optax.Schedule
 
 
 def multistep_schedule(base_lr: float, milestones: Sequence[int], gamma: float,
@@ -16,7 +23,7 @@ def multistep_schedule(base_lr: float, milestones: Sequence[int], gamma: float,
 
 
 def make_optimizer(*, lr: float, momentum: float, weight_decay: float, milestones: Sequence[int],
-                   gamma: float, steps_per_epoch: int) -> optax.GradientTransformation:
+                   gamma: float, steps_per_epoch: int) -> Optimizer:
     """torch.optim.SGD(params, lr, momentum, weight_decay) + MultiStepLR(milestones, gamma).
 
     torch adds `weight_decay * param` to the gradient before the momentum buffer: that is
@@ -29,7 +36,8 @@ def make_optimizer(*, lr: float, momentum: float, weight_decay: float, milestone
 
 @functools.lru_cache(maxsize=16)
 def _cached_optimizer(lr: float, momentum: float, weight_decay: float, milestones: tuple[int, ...],
-                      gamma: float, steps_per_epoch: int) -> optax.GradientTransformation:
+                      gamma: float, steps_per_epoch: int) -> Optimizer:
     schedule = multistep_schedule(lr, milestones, gamma, steps_per_epoch)
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(schedule, momentum=momentum or None, nesterov=False))
+    transform = optax.chain(optax.add_decayed_weights(weight_decay),
+                            optax.sgd(schedule, momentum=momentum or None, nesterov=False))
+    return Optimizer(transform, schedule)

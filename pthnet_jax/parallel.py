@@ -78,6 +78,11 @@ def unreplicate(tree: Any) -> Any:
     return jax.tree.map(first, tree)
 
 
+def first_device(tree: Any) -> Any:
+    """The first local device's copy of a replicated tree, as device arrays (for `jax.jit`)."""
+    return jax.tree.map(lambda x: x.addressable_data(0).reshape(x.shape[1:]), tree)
+
+
 def shard(tree: Any) -> Any:
     """Host arrays with a leading (local devices, ...) axis -> device arrays, one slice per device."""
     return jax.tree.map(lambda x: jax.device_put(x, _sharding(np.shape(x))), tree)
@@ -118,3 +123,47 @@ def all_gather_hosts(x: np.ndarray) -> np.ndarray:
 
     gathered = multihost_utils.process_allgather(x)
     return np.concatenate(list(gathered))
+
+
+def _any_over_devices(flags: jax.Array) -> jax.Array:
+    return jax.lax.psum(flags, AXIS)
+
+
+_pmapped_any = jax.pmap(_any_over_devices, axis_name=AXIS)
+
+
+def any_process_async(flag: bool) -> Any:
+    """Dispatch "is `flag` set on any process?"; read the answer later with `read_flag`.
+
+    Every process must call this at the same points (it is a collective). With one process the
+    answer is the flag itself and nothing is dispatched. The answer is a device value so that the
+    caller can read it one device call later, like the step metrics, without stalling the device.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    flags = np.full((jax.local_device_count(),), int(bool(flag)), np.int32)
+    return _pmapped_any(shard(flags))
+
+
+def read_flag(answer: Any) -> bool:
+    if isinstance(answer, bool):
+        return answer
+    return bool(np.asarray(answer.addressable_data(0)) > 0)
+
+
+_barriers = {"count": 0}
+
+
+def wait_for_all_processes(name: str, timeout_s: float = 3600.0) -> None:
+    """Block until every process got here (a coordination-service barrier, no device collective).
+
+    Used after compiling the training step: on CPU, gloo gives the first collective only ~30 s for
+    every process to arrive, less than one process may spend compiling when another was faster.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+
+    _barriers["count"] += 1
+    distributed.global_state.client.wait_at_barrier(f"pthnet/{name}/{_barriers['count']}",
+                                                     int(timeout_s * 1000))

@@ -1,11 +1,9 @@
-"""What a run leaves behind and shows: checkpoints, config and environment, progress, TensorBoard,
-plots, the final summary."""
+"""What a run shows and leaves beside its checkpoints: config and environment, progress bars,
+TensorBoard scalars, `history.json`, the training-curve plot and the final summary."""
 from __future__ import annotations
 
-import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +12,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pthnet_jax import checkpoint as ckpt
-
-CHECKPOINTS, BEST = "checkpoints", "best"
+from pthnet_jax.checkpoint import BEST
+from pthnet_jax.fsutil import atomic_write, atomic_write_json, save_figure
 
 
 def enable_compilation_cache() -> None:
@@ -27,17 +24,11 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_run_files(workdir: Path, config) -> None:
     """The resolved config and the environment, beside the checkpoints."""
     if jax.process_index() != 0:
         return
-    _atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+    atomic_write(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
     import flax
     import optax
 
@@ -47,61 +38,43 @@ def save_run_files(workdir: Path, config) -> None:
     environment = {"versions": versions, "platform": platform.platform(),
                    "devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
                    "local_device_count": jax.local_device_count()}
-    _atomic_write(workdir / "environment.json", json.dumps(environment, indent=2))
+    atomic_write_json(workdir / "environment.json", environment)
 
 
-def checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
-                                           enable_async_checkpointing=False)
-    return ocp.CheckpointManager(workdir / CHECKPOINTS, options=options,
-                                 item_names=(ckpt.PARAMS_ITEM, ckpt.INFO_ITEM, "train_state"))
+class StepTrace:
+    """A `jax.profiler` trace of the first `num_steps` training steps run inside the block.
 
+    `advance(n)` is called as steps finish (their metrics were read); the trace stops once enough
+    steps ran, or when the block ends. `record` then says where it went and how long the steps took.
+    """
 
-def _provenance(run, workdir: Path, state, **extra) -> dict[str, Any]:
-    return {"source": "pthnet-jax training", "run": str(workdir), "step": int(state.step),
-            "epoch": run.epoch, "history": run.history, "best": run.best,
-            "best_acc": run.best.get("value"), **extra}
+    def __init__(self, directory: Path, num_steps: int, enabled: bool):
+        self.directory, self.num_steps = directory, num_steps
+        self.enabled = enabled and num_steps > 0
+        self.done, self.started, self.record = 0, None, None
 
+    def __enter__(self) -> "StepTrace":
+        if self.enabled:
+            jax.profiler.start_trace(str(self.directory))
+            self.started = time.perf_counter()
+        return self
 
-def save(manager: ocp.CheckpointManager, state, model_config, run, workdir: Path, *,
-         best: bool = False, interrupted: bool = False) -> None:
-    """A step directory with `params`, `pthnet` and `train_state`; and `workdir/best` when best."""
-    provenance = _provenance(run, workdir, state, interrupted=interrupted)
-    items = ckpt.save_args(state.params, model_config, provenance)
-    items["train_state"] = ocp.args.StandardSave(state)
-    manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)
-    manager.wait_until_finished()
-    if best and jax.process_index() == 0:
-        _replace_best(workdir, state.params, model_config, provenance)
+    def advance(self, num_steps: int) -> None:
+        if self.started is None:
+            return
+        self.done += num_steps
+        if self.done >= self.num_steps:
+            self._stop()
 
+    def _stop(self) -> None:
+        jax.profiler.stop_trace()
+        self.record = {"dir": str(self.directory), "steps": int(self.done),
+                       "seconds": time.perf_counter() - self.started}
+        self.started = None
 
-def _replace_best(workdir: Path, params, model_config, provenance) -> None:
-    """Write the new best beside the old one, then swap: a crash leaves one complete copy."""
-    target, staging, old = workdir / BEST, workdir / ".best-new", workdir / ".best-old"
-    for leftover in (staging, old):
-        shutil.rmtree(leftover, ignore_errors=True)
-    ckpt.save_checkpoint(staging, params, model_config, provenance)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def restore(manager: ocp.CheckpointManager, state):
-    """The latest step: train state restored against `state`'s tree, and the run bookkeeping."""
-    from pthnet_jax.train import RunState
-
-    step = manager.latest_step()
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        train_state=ocp.args.StandardRestore(target), **{ckpt.INFO_ITEM: ocp.args.JsonRestore()}))
-    info = restored[ckpt.INFO_ITEM]["provenance"]
-    run = RunState(epoch=info["epoch"], history=info["history"], best=info["best"])
-    return restored["train_state"], run
-
-
-def learning_rate(optim, epoch: int) -> float:
-    return optim.lr * optim.gamma ** sum(1 for m in optim.milestones if epoch >= m)
+    def __exit__(self, *exc) -> None:
+        if self.started is not None:
+            self._stop()
 
 
 class EpochProgress:
@@ -160,7 +133,7 @@ class Logger:
                           [f"{split} UAR {record[split]['UAR']:.2f} WAR {record[split]['WAR']:.2f}"
                            for split in ("val", "test") if split in record])
         print(line, flush=True)
-        _atomic_write(self.workdir / "history.json", json.dumps(run.history, indent=1))
+        atomic_write_json(self.workdir / "history.json", run.history, indent=1)
         plot_curves(run.history, self.workdir / "training_curves.png")
 
     def close(self) -> None:
@@ -187,10 +160,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
             ax_acc.plot([e for e, _ in rows], [m["UAR"] for _, m in rows], "^--", label=f"{split} UAR")
     ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("%"), ax_acc.legend(), ax_acc.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def final_summary(workdir: Path, run, num_params: int, select_on: str) -> dict[str, Any]:
@@ -198,7 +168,7 @@ def final_summary(workdir: Path, run, num_params: int, select_on: str) -> dict[s
                "best": run.best, "last": run.history[-1] if run.history else None,
                "best_checkpoint": str(workdir / BEST), "curves": str(workdir / "training_curves.png")}
     if jax.process_index() == 0:
-        _atomic_write(workdir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_json(workdir / "summary.json", summary)
         best = run.best
         if best:
             metrics = best["metrics"].get(select_on, {})

@@ -14,14 +14,14 @@ validation split); `WORKDIR/folds.json` holds every fold and the mean / std (pop
 """
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pthnet_jax.fsutil import atomic_write_json
 
 METRICS = ("UAR", "WAR", "weighted_f1")
 
@@ -89,9 +89,7 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], import
         print(f"fold {fold}: UAR {per_fold[fold]['UAR']:.2f}  WAR {per_fold[fold]['WAR']:.2f}", flush=True)
     result = {"benchmark": config.benchmark, "model_selection": config.train.select_on,
               "folds": {str(k): v for k, v in per_fold.items()}, **summarize(per_fold)}
-    tmp = workdir / ".folds.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, workdir / "folds.json")
+    atomic_write_json(workdir / "folds.json", result)
     print(f"\n{config.benchmark}, {len(per_fold)} folds (checkpoints selected on {config.train.select_on}): "
           + "  ".join(f"{m} {result['mean'][m]:.2f} ± {result['std'][m]:.2f}" for m in ("UAR", "WAR"))
           + f"  -> {workdir / 'folds.json'}")
@@ -102,7 +100,7 @@ def main(argv: list[str]) -> int:
     from absl import flags
 
     from pthnet_jax.data import get_benchmark
-    from pthnet_jax.train import TrainingError, flag_error_text, run_flags
+    from pthnet_jax.commands.train import TrainingError, flag_error_text, run_flags
 
     values, argv = run_flags("run_folds.py", argv, data_help="data directory per fold, with a {fold} placeholder",
                              workdir_help="runs go to WORKDIR/fold_K")

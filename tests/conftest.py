@@ -7,3 +7,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
                            " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("PTHNET_COMPILATION_CACHE", tempfile.mkdtemp(prefix="pthnet-test-xla-cache-"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_datasets(tmp_path_factory):
+    """The training tests' synthetic FERv39k-like data, imported forward and backward, built once."""
+    from train_helpers import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("tiny-data"))

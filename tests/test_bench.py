@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from pthnet_jax.bench import format_table, main, model_config
+from pthnet_jax.benchmarks.speed import format_table, main, model_config
+
+pytestmark = pytest.mark.slow  # end to end: runs whole programs
 
 TRAIN, TEST, EPOCHS = 64, 24, 3
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -15,9 +16,10 @@ from pthnet_jax import load_model  # noqa: E402
 from pthnet_jax.convert import checkpoint_to_pth, import_pth, pth_to_checkpoint  # noqa: E402
 from pthnet_jax.convert.cli import main as convert_main  # noqa: E402
 from pthnet_jax.convert.mapping import MappingError  # noqa: E402
+from pthnet_jax.convert import CheckpointError  # noqa: E402
 from pthnet_jax.convert.torch_pickle import (CheckpointReadError, UnsafeCheckpointError,  # noqa: E402
                                              read_torch_file)
-from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
+from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet  # noqa: E402
 from pthnet_jax.models.pthnet import ModelConfig  # noqa: E402
 
 # The same tiny config and batch as test_parity.py, so both share JAX's per-op compile cache.
@@ -241,23 +243,106 @@ def test_cli_and_load_model(tmp_path, reference_model, capsys):
     np.testing.assert_allclose(np.asarray(logits_a), expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_import_works_without_torch(tmp_path, reference_model, monkeypatch):
+_NO_TORCH = """
+import importlib.abc, sys
+
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"{name} is blocked for this test")
+        return None
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_import_and_export_work_without_torch(tmp_path, reference_model, monkeypatch):
+    """A sitecustomize makes every `import torch` fail; import, export (.pth and .safetensors), the CLI
+    and load_model all still work, and the exported .pth is what torch and the original code load."""
     path = tmp_path / "orig.pth"
-    _save_like_original(reference_model, path, monkeypatch)
+    payload = _save_like_original(reference_model, path, monkeypatch)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_NO_TORCH)
     script = (
-        "import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
-        "from pthnet_jax.convert import import_pth\n"
+        "import sys\n"
+        "try:\n    import torch\nexcept ImportError:\n    print('torch blocked')\n"
+        "from pthnet_jax import load_model\n"
+        "from pthnet_jax.convert import import_pth, pth_to_checkpoint, checkpoint_to_pth\n"
+        "from pthnet_jax.convert.cli import main\n"
         f"imported = import_pth({str(path)!r})\n"
         "print(imported.config.num_classes, imported.provenance['epoch'])\n"
-        "from pthnet_jax.convert import checkpoint_to_pth, pth_to_checkpoint\n"
         f"pth_to_checkpoint({str(path)!r}, {str(tmp_path / 'ck')!r})\n"
-        "try:\n"
-        f"    checkpoint_to_pth({str(tmp_path / 'ck')!r}, {str(tmp_path / 'x.pth')!r})\n"
-        "except ImportError as err:\n"
-        "    print('export:', err)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        f"checkpoint_to_pth({str(tmp_path / 'ck')!r}, {str(tmp_path / 'x.pth')!r})\n"
+        f"assert main([{str(tmp_path / 'ck')!r}, {str(tmp_path / 'x.safetensors')!r}]) == 0\n"
+        f"assert main([{str(tmp_path / 'x.pth')!r}, {str(tmp_path / 'ck2')!r}]) == 0\n"
+        f"load_model({str(tmp_path / 'x.safetensors')!r})\n"
+        "print('torch loaded:', any(m == 'torch' or m.startswith('torch.') for m in sys.modules))\n")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == f"{TINY.num_classes} 12"
-    assert 'pip install "pthnet-jax[torch]"' in lines[1]
+    assert lines[0] == "torch blocked"
+    assert lines[1] == f"{TINY.num_classes} 12"
+    assert lines[-1] == "torch loaded: False"
+    exported = torch.load(tmp_path / "x.pth", weights_only=True)  # here torch is available
+    assert exported["epoch"] == 12 and float(exported["best_acc"]) == 47.25
+    for key, tensor in payload["state_dict"].items():  # bit-identical, pos_embed tensors included
+        assert torch.equal(exported["state_dict"][key], tensor), key
+    fresh = torch.nn.DataParallel(TorchPTHNet(**TINY.to_dict()))
+    fresh.load_state_dict(exported["state_dict"], strict=True)
+
+
+def test_exported_pth_layout_is_torchs(tmp_path, reference_model):
+    """Members aligned to 64 bytes, the records torch writes, deterministic bytes, mmap-loadable."""
+    import struct
+
+    source = tmp_path / "w.pth"
+    torch.save(reference_model.state_dict(), source)
+    pth_to_checkpoint(source, tmp_path / "ck")
+    checkpoint_to_pth(tmp_path / "ck", tmp_path / "a.pth")
+    checkpoint_to_pth(tmp_path / "ck", tmp_path / "b.pth")
+    data = (tmp_path / "a.pth").read_bytes()
+    assert data == (tmp_path / "b.pth").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a.pth") as archive:
+        names = archive.namelist()
+        assert {"archive/data.pkl", "archive/byteorder", "archive/version", "archive/.format_version",
+                "archive/.storage_alignment", "archive/data/0"} <= set(names)
+        assert archive.read("archive/byteorder") == b"little"
+        for info in archive.infolist():
+            assert info.compress_type == zipfile.ZIP_STORED
+            name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+    loaded = torch.load(tmp_path / "a.pth", weights_only=True, mmap=True)
+    for key, tensor in reference_model.state_dict().items():
+        assert torch.equal(loaded["state_dict"]["module." + key], tensor), key
+
+
+def test_safetensors_export_import(tmp_path, reference_model, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    source = tmp_path / "w.pth"
+    torch.save(reference_model.state_dict(), source)
+    assert convert_main([str(source), str(tmp_path / "ck")]) == 0
+    assert convert_main([str(tmp_path / "ck"), str(tmp_path / "m.safetensors")]) == 0
+    with safe_open(str(tmp_path / "m.safetensors"), framework="numpy") as handle:
+        meta = handle.metadata()
+    assert '"model_config"' in meta["pthnet"] and meta["format"] == "pt"
+    state = load_file(tmp_path / "m.safetensors")  # the original's keys, every tensor
+    fresh = TorchPTHNet(**TINY.to_dict())
+    fresh.load_state_dict(state, strict=True)
+    for key, tensor in reference_model.state_dict().items():
+        assert torch.equal(state[key], tensor), key
+    model_a, vars_a = load_model(source)
+    model_b, vars_b = load_model(tmp_path / "m.safetensors")
+    assert model_b.config == model_a.config
+    flat_a = jax.tree_util.tree_leaves(vars_a)
+    flat_b = jax.tree_util.tree_leaves(vars_b)
+    assert all(np.array_equal(a, b) for a, b in zip(flat_a, flat_b))
+    assert convert_main([str(tmp_path / "m.safetensors"), str(tmp_path / "ck2")]) == 0
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((tmp_path / "m.safetensors").read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        load_model(bad)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from pthnet_jax.data import BENCHMARKS, DataListError, open_split
-from pthnet_jax.data import synth as synth_module
 from pthnet_jax.data.importer import import_features
 from pthnet_jax.data.importer import main as import_main
 from pthnet_jax.data.synth import synthesize
@@ -252,7 +251,8 @@ def test_skip_bad_imports_the_rest_and_reports(tmp_path, capsys):
 @pytest.mark.skipif(not ANNOTATION.is_dir(), reason="needs ../shared/data/pthnet-annotation")
 @pytest.mark.parametrize("name", ["FERv39k", "DFEW"])
 def test_synth_takes_clips_from_the_real_lists(tmp_path, name):
-    root = synthesize(tmp_path / "root", name, clips=50, test_clips=10, feature_dim=DIM, quiet=True)
+    root = synthesize(tmp_path / "root", name, clips=50, test_clips=10, feature_dim=DIM, quiet=True,
+                      annotation_dir=ANNOTATION)
     list_name = "train_All.txt" if name == "FERv39k" else "set_1_train.txt"
     real = {lvl: _read_list(ANNOTATION / name / folder / list_name) for lvl, folder in LEVEL_DIRS.items()}
     real_by_path = {row[0]: i for i, row in enumerate(real["H"])}
@@ -268,8 +268,7 @@ def test_synth_takes_clips_from_the_real_lists(tmp_path, name):
     np.testing.assert_array_equal(np.load(root / rv[0][0]), np.load(root / ours["H"][0][0])[::-1])
 
 
-def test_synth_fallback_without_real_lists(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth_module, "find_annotation_dir", lambda: None)
+def test_synth_fallback_without_real_lists(tmp_path):
     root = synthesize(tmp_path / "root", "DFEW", clips=30, feature_dim=DIM, reverse=False, quiet=True)
     lists = {lvl: _read_list(root / "annotation" / "DFEW" / folder / "set_1_train.txt")
              for lvl, folder in LEVEL_DIRS.items()}

@@ -14,7 +14,7 @@ LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 20, 24, 31, 33, 40, 48, 100, 
 
 
 def reference_picks(num_windows, num_steps, train, rng=None):
-    """The rules of spec §1, one clip at a time, in float64 numpy."""
+    """The original's sampling rules, one clip at a time, in float64 numpy."""
     if num_windows < num_steps:
         return list(range(num_windows))
     seg = float(num_windows) / num_steps

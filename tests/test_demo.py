@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from pthnet_jax.demo import run_demo
+from pthnet_jax.commands.demo import run_demo
+
+pytestmark = pytest.mark.slow  # end to end: runs whole programs
 
 
 def test_demo_learns_and_reports(tmp_path, capsys):

@@ -12,7 +12,7 @@ from pthnet_jax.checkpoint import save_checkpoint
 from pthnet_jax.configs import tiny
 from pthnet_jax.data.importer import import_features
 from pthnet_jax.data.synth import synthesize
-from pthnet_jax.evaluate import main as evaluate_main
+from pthnet_jax.commands.evaluate import main as evaluate_main
 from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
 
 DIM = 16

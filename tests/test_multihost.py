@@ -4,14 +4,16 @@ two CPU devices each, take the same training steps as one process with four devi
 The file is also the worker: `python tests/test_multihost.py WORKDIR` runs one process of the pair
 (its rank and the coordinator come from the PTHNET_* environment, as `pthnet train` reads them).
 """
-import os
-import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_helpers import start_workers, wait_for_workers  # noqa: E402
+
+pytestmark = pytest.mark.slow  # end to end: runs whole programs
 
 GLOBAL_BATCH = 16
 NUM_STEPS = 2
@@ -31,10 +33,10 @@ def _setup():
     # The tiny config, shallower still, and the H level only (compiling the step dominates this
     # test): one layer per stage that has one, drop path on (branch_1 has it), so the per-device
     # RNG is covered too.
-    model_config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": (1, 1, 1, 0)})
+    model_config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": (1, 1, 1, 0), "num_classes": 7})
     model = PTHNet(model_config)
     optimizer = make_optimizer(lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=(1,), gamma=0.1,
-                               steps_per_epoch=1)  # the lr changes between the two steps
+                               steps_per_epoch=1).transform  # the lr changes between the two steps
     state = steps.create_train_state(init_variables(model, jax.random.key(3))["params"], optimizer)
     step_fn = steps.pmapped(steps.train_step, donate_state=True, model=model, optimizer=optimizer, seed=5)
     rng = np.random.default_rng(11)
@@ -89,35 +91,14 @@ def _worker(out_dir: Path) -> None:
     jax.distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_processes_take_the_single_process_steps(tmp_path):
     import jax
 
-    port = _free_port()
-    xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-    workers = []
-    for rank in range(2):
-        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PTHNET_COORDINATOR": f"localhost:{port}",
-               "PTHNET_NUM_PROCESSES": "2", "PTHNET_PROCESS_ID": str(rank),
-               "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count=2".strip()}
-        log = open(tmp_path / f"worker{rank}.log", "w")
-        workers.append((subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env, stdout=log,
-                                         stderr=subprocess.STDOUT), log))
+    workers = start_workers(__file__, [str(tmp_path)], tmp_path, "worker")
     # The single-process reference (4 local devices from conftest) runs while the workers compile.
     assert jax.local_device_count() == 4
     reference_params, reference_history = _run_steps(0, 1)
-    for process, log in workers:
-        try:
-            process.wait(timeout=300)
-        finally:
-            process.kill()
-            log.close()
-    logs = "\n".join((tmp_path / f"worker{r}.log").read_text()[-3000:] for r in range(2))
+    logs = wait_for_workers(workers, timeout=300)
     assert all(p.returncode == 0 for p, _ in workers), f"a worker failed:\n{logs}"
 
     result = np.load(tmp_path / "process0.npz")

@@ -23,8 +23,8 @@ def test_sgd_with_coupled_weight_decay_and_multistep_matches_torch():
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
 
     params = {"w": jnp.asarray(w0), "b": jnp.asarray(b0)}
-    tx = make_optimizer(lr=0.05, momentum=0.9, weight_decay=1e-2, milestones=milestones, gamma=gamma,
-                        steps_per_epoch=steps_per_epoch)
+    tx, schedule = make_optimizer(lr=0.05, momentum=0.9, weight_decay=1e-2, milestones=milestones, gamma=gamma,
+                                  steps_per_epoch=steps_per_epoch)
     state = tx.init(params)
     loss_fn = lambda p, x, y: jnp.mean((jnp.tanh(x @ p["w"] + p["b"]) - y) ** 2)  # noqa: E731
 
@@ -33,6 +33,9 @@ def test_sgd_with_coupled_weight_decay_and_multistep_matches_torch():
             x, y = inputs[step * 10:(step + 1) * 10], targets[step * 10:(step + 1) * 10]
             opt.zero_grad()
             torch.mean((torch.tanh(torch.from_numpy(x) @ weight + bias) - torch.from_numpy(y)) ** 2).backward()
+            # The schedule make_optimizer returns (what training logs) is the one torch stepped with.
+            np.testing.assert_allclose(float(schedule(epoch * steps_per_epoch + step)),
+                                       opt.param_groups[0]["lr"], rtol=1e-6)
             opt.step()
             grads = jax.grad(loss_fn)(params, x, y)
             updates, state = tx.update(grads, state, params)

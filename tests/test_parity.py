@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from pthnet_jax.convert.mapping import flax_to_torch, torch_to_flax  # noqa: E402
-from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
+from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet  # noqa: E402
 from pthnet_jax.models.pthnet import ModelConfig, PTHNet  # noqa: E402
 
 # One batch size for every test of a config: JAX's per-op compile cache is then shared between tests.

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,14 +12,18 @@ import pytest
 from pthnet_jax import load_model, parallel, reporting, steps
 from pthnet_jax.checkpoint import load_checkpoint
 from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
-from pthnet_jax.train import TrainingError, _check_finite, parse_args, train_and_evaluate
+from pthnet_jax.commands.train import parse_args
+from pthnet_jax.epochs import check_finite
+from pthnet_jax.train import TrainingError, train_and_evaluate
 
-from train_helpers import make_dataset, random_batch, tiny_config
+from train_helpers import random_batch, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def datasets(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("train-data"))
+def datasets(tiny_datasets):
+    return tiny_datasets
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def test_trained_checkpoint_exports_to_pytorch(finished_run, tmp_path):
     import torch
 
     from pthnet_jax.convert import checkpoint_to_pth
-    from pthnet_jax.convert.torch_reference import TorchPTHNet
+    from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet
 
     workdir, _ = finished_run
     checkpoint_to_pth(workdir / "best", tmp_path / "best.pth")
@@ -91,6 +96,7 @@ def test_stop_after_an_epoch_and_resume_matches_uninterrupted(datasets, finished
     assert info["provenance"]["history"][-1]["test"] == reference_info["provenance"]["history"][-1]["test"]
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(datasets, finished_run, tmp_path, monkeypatch):
     reference_params, _ = _final_params(finished_run[0])
     workdir = tmp_path / "sigterm"
@@ -115,7 +121,7 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(datasets, finished_run, tmp
 
 
 def _run_step(config, batch, devices):
-    model = PTHNet(ModelConfig.from_dict(config.model.to_dict()))
+    model = PTHNet(ModelConfig.from_dict({**config.model.to_dict(), "num_classes": 7}))
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.05, momentum=0.9))
     state = steps.create_train_state(init_variables(model, jax.random.key(0))["params"], tx)
     count = len(devices)
@@ -153,8 +159,8 @@ def test_validation_split_selection(datasets, tmp_path):
 
 def test_clear_errors(datasets, tmp_path):
     with pytest.raises(SystemExit, match="lrr"):
-        parse_args(["--config", "configs/tiny.py", "--workdir", str(tmp_path), "--config.optim.lrr=0.1"])
-    config, workdir = parse_args(["--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+        parse_args(["--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(tmp_path), "--config.optim.lrr=0.1"])
+    config, workdir = parse_args(["--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w"),
                                   "--data", str(datasets[0]), "--config.optim.milestones=(3,4)"])
     assert tuple(config.optim.milestones) == (3, 4) and config.data.data_dir == str(datasets[0])
     with pytest.raises(TrainingError, match="does not exist"):
@@ -164,4 +170,4 @@ def test_clear_errors(datasets, tmp_path):
     with pytest.raises(TrainingError, match="global_batch=6"):
         train_and_evaluate(tiny_config(datasets[0], **{"train.global_batch": 6}), tmp_path / "c")
     with pytest.raises(TrainingError, match="at step 12"):
-        _check_finite({"total": np.array([1.0, np.nan]), "grad_norm": np.ones(2)}, 12)
+        check_finite({"total": np.array([1.0, np.nan]), "grad_norm": np.ones(2)}, 12)

@@ -48,6 +48,7 @@ def test_parse_folds():
         runner.parse_folds("one", 5)
 
 
+@pytest.mark.slow
 def test_two_folds_mean_and_std(tmp_path, capsys):
     runner = _load_runner()
     root = _two_fold_root(tmp_path)

@@ -19,12 +19,7 @@ def make_dataset(base, clips=40, test_clips=13):
 def tiny_config(data_dir, **overrides):
     config = tiny.get_config()
     config.data.data_dir = str(data_dir)
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 
@@ -38,5 +33,5 @@ def random_batch(config, batch, seed, valid=None):
         features[level] = (rng.normal(size=(batch, length, config.model.n_in)) * masks[level][..., None]
                            ).astype(np.float32)
     return {"features": features, "masks": masks,
-            "labels": rng.integers(0, config.model.num_classes, batch).astype(np.int32),
+            "labels": rng.integers(0, config.model.num_classes or 7, batch).astype(np.int32),
             "valid": np.ones(batch, bool) if valid is None else valid}

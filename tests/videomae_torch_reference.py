@@ -103,7 +103,7 @@ def randomise(model: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name.endswith("fc_norm.weight"):
+            if name.endswith(("norm1.weight", "norm2.weight", "fc_norm.weight")):
                 param.copy_(1.0 + 0.2 * torch.randn(param.shape, generator=generator))
             else:
                 fan_in = math.prod(param.shape[1:]) if param.ndim > 1 else 1

@@ -1,4 +1,4 @@
-"""Facts about the eight benchmarks: list-file naming, folds, classes (spec §1)."""
+"""Facts about the eight benchmarks: list-file naming, folds, classes, as the original's lists have them."""
 from __future__ import annotations
 
 import dataclasses
@@ -70,7 +70,7 @@ def class_names(bench: Benchmark, label_set: str | None) -> tuple[str, ...]:
 
 
 def level_folder(level: str, face: bool, reverse: bool) -> str:
-    """`th14_vit_g_16_4` + `_face` and/or `_rv` (spec §1)."""
+    """The feature folder of a level: `th14_vit_g_16_<stride>` + `_face` and/or `_rv`."""
     return LEVEL_FOLDERS[level] + ("_face" if face else "") + ("_rv" if reverse else "")
 
 

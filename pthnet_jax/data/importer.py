@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +23,7 @@ import numpy as np
 
 from pthnet_jax.data.benchmarks import class_names, get_benchmark, level_folder, variant_name
 from pthnet_jax.data.lists import LEVELS, Clip, DataListError, align_lists, load_features
+from pthnet_jax.fsutil import staged_dir
 
 SPLITS = ("train", "test")
 READ_AHEAD_CLIPS = 128
@@ -99,11 +99,11 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
         splits=splits, load_clips=load_clips,
         extra_metadata={"variant": variant_name(bench, fold, face, reverse, label_set), "source_root": str(root),
                         "list_files": list_files_by_split, "list_sha256": list_hashes})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
     started = time.perf_counter()
     tfds.disable_progress_bar()
-    try:
+    # Built under a staging name beside OUT (leftovers of a killed import are removed first), then
+    # swapped in: OUT is either absent or complete.
+    with staged_dir(out, replace=False) as staging:
         with _quiet_tfds():  # its messages name the staging directory; ours below names the result
             builder = PthnetFeatures(data_dir=str(staging), config=config, file_format="array_record")
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -112,10 +112,6 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
         if skipped:
             (staging / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1))
         shutil.rmtree(staging / "downloads", ignore_errors=True)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     dataset_dir = find_dataset_dir(out)
     if not quiet:
         counts = {split: len(clips) for split, (clips, _) in splits.items()}

@@ -8,8 +8,7 @@ from typing import Callable
 import numpy as np
 
 from pthnet_jax.data.benchmarks import LEVEL_FOLDERS
-
-LEVELS = ("L", "M", "H")
+from pthnet_jax.pyramid import LEVELS
 
 
 class DataListError(ValueError):

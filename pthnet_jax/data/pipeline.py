@@ -43,25 +43,25 @@ def choose_mode(split, mode: str = "auto", budget_bytes: int | None = None) -> s
     return "resident" if split.feature_bytes() < budget else "streaming"
 
 
-def resident_features(split, levels: Sequence[str] = LEVELS, device: bool = True) -> ResidentFeatures:
-    """The split's windows in memory, read once per level and cached on the split.
+def resident_features(split, levels: Sequence[str] = LEVELS) -> ResidentFeatures:
+    """The split's windows of `levels`, replicated on every local device (pmap layout).
 
-    With `device`, the arrays are placed on the default device once (passing host numpy arrays to a
-    jitted function would copy the whole dataset at every call).
+    The one way resident features reach the devices: each level is read from the records once and
+    placed once, memoised on the split, and shared by training, evaluation and `iterate_batches`.
     """
+    from pthnet_jax import parallel
+
     cache = split.cache.setdefault("resident", {})
-    missing = [lvl for lvl in levels if (lvl, device) not in cache]
+    missing = [lvl for lvl in levels if lvl not in cache]
     if missing:
         loaded = ResidentFeatures.from_split(split, missing)
         for lvl in missing:
-            arrays = (loaded.windows[lvl], loaded.offsets[lvl], loaded.counts[lvl])
-            cache[(lvl, device)] = jax.device_put(arrays) if device else arrays
-        if ("labels", device) not in cache:
-            cache[("labels", device)] = jax.device_put(loaded.labels) if device else loaded.labels
-    return ResidentFeatures(windows={lvl: cache[(lvl, device)][0] for lvl in levels},
-                            offsets={lvl: cache[(lvl, device)][1] for lvl in levels},
-                            counts={lvl: cache[(lvl, device)][2] for lvl in levels},
-                            labels=cache[("labels", device)])
+            cache[lvl] = parallel.replicate((loaded.windows[lvl], loaded.offsets[lvl], loaded.counts[lvl]))
+        cache.setdefault("labels", parallel.replicate(loaded.labels))
+    return ResidentFeatures(windows={lvl: cache[lvl][0] for lvl in levels},
+                            offsets={lvl: cache[lvl][1] for lvl in levels},
+                            counts={lvl: cache[lvl][2] for lvl in levels},
+                            labels=cache["labels"])
 
 
 @functools.partial(jax.jit, static_argnames=("train", "max_len", "levels"))
@@ -133,7 +133,7 @@ def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epo
     `levels` defaults to all three in training and H in evaluation (the original evaluates H only).
     `clip_subset` restricts the epoch to those clip indices (e.g. a held-out validation part);
     `start_step`/`stop_step` select a range of the epoch's batches (resuming mid-epoch).
-    Resident mode reads the split once and keeps it on the device (cached on `split`).
+    Resident mode reads the split once and keeps it on the devices (`resident_features`).
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -151,7 +151,10 @@ def iterate_batches(split, *, train: bool, global_batch: int, seed: int = 0, epo
     sample = functools.partial(_sample_jit, seed=np.int32(seed), epoch=np.int32(epoch),
                                noise_std=np.float32(noise), train=train, max_len=max_len, levels=levels)
     if choose_mode(split, mode, budget_bytes) == "resident":
-        resident = resident_features(split, levels) if resident is None else jax.device_put(resident)
+        from pthnet_jax import parallel
+
+        resident = parallel.first_device(resident_features(split, levels)) if resident is None else \
+            jax.device_put(resident)
         for step_indices, step_valid in zip(indices, valid):
             yield _to_device_layout(sample(resident, step_indices, step_valid, step_indices), num_devices)
         return

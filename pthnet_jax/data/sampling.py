@@ -1,4 +1,4 @@
-"""The original's window sampling (spec §1), vectorised in jax.numpy so it runs jitted on a device.
+"""The original's window sampling (segments per level, a random or the middle window of each), vectorised in jax.numpy so it runs jitted on a device.
 
 Random choices for a clip come only from (seed, epoch, clip index, level), never from the clip's
 position in a batch, so every input pipeline (resident or streaming, any batch size or host count)
@@ -14,12 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-LEVELS = ("L", "M", "H")
+from pthnet_jax.pyramid import LEVELS, level_lengths
+
 _LEVEL_IDS = {"L": 0, "M": 1, "H": 2}
-
-
-def level_lengths(max_len: int = 16) -> dict[str, int]:
-    return {"L": max_len // 4, "M": max_len // 2, "H": max_len}
 
 
 @jax.tree_util.register_dataclass
@@ -46,22 +43,9 @@ class ResidentFeatures:
                     windows[lvl][offsets[lvl][i]:offsets[lvl][i] + counts[lvl][i]] = rows
         return cls(windows, offsets, counts, np.asarray(split.labels, np.int32))
 
-    @classmethod
-    def from_records(cls, records: list[dict[str, Any]], labels, levels: Sequence[str] = LEVELS
-                     ) -> "ResidentFeatures":
-        """A small resident set from decoded records (the streaming path builds one per batch)."""
-        counts = {lvl: np.array([r[f"num_windows_{lvl}"] for r in records], np.int32) for lvl in levels}
-        offsets = {lvl: np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int32) for lvl, c in counts.items()}
-        windows = {lvl: np.concatenate([r[f"features_{lvl}"] for r in records]).astype(np.float32)
-                   for lvl in levels}
-        return cls(windows, offsets, counts, np.asarray(labels, np.int32))
-
     @property
     def num_clips(self) -> int:
         return int(self.labels.shape[0])
-
-    def nbytes(self) -> int:
-        return int(sum(np.asarray(w).nbytes for w in self.windows.values()))
 
 
 # Segment bounds of step counts that are not powers of two come from a float64 table up to this many

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from pthnet_jax.data.lists import LEVELS
+from pthnet_jax.fsutil import atomic_path
 
 
 @dataclasses.dataclass
@@ -81,9 +82,8 @@ def open_split(data_dir: str | Path, split: str) -> FeatureSplit:
         if (np.diff(order) <= 0).any():
             raise ValueError(f"{dataset_dir}: records of split {split!r} are not in list order")
         try:
-            tmp = index_file.with_suffix(".tmp.npz")
-            np.savez(tmp, clip_ids=clip_ids, labels=labels, **{f"num_windows_{l}": c for l, c in counts.items()})
-            tmp.replace(index_file)
+            with atomic_path(index_file) as tmp:
+                np.savez(tmp, clip_ids=clip_ids, labels=labels, **{f"num_windows_{l}": c for l, c in counts.items()})
         except OSError:
             pass
     return FeatureSplit(split, dataset_dir, list(metadata.get("class_names", [])),

@@ -1,9 +1,10 @@
 """`pthnet synth`: synthetic features in the original layout (data lists + one .npy per clip and level).
 
 Window counts, labels and clip paths are drawn from the real data lists of the chosen benchmark when
-`shared/data/pthnet-annotation` is found (realistic lengths, class balance and file names); otherwise
-from a built-in model of clip lengths (the window-count rule of spec §6 applied to random frame
-counts) with numbered clip names. Each clip carries a learnable class signal: a class direction in
+an annotation directory is given (`--annotation-dir`, laid out as the original's `annotation/`:
+realistic lengths, class balance and file names); otherwise from a built-in model of clip lengths
+(the window-count rule of the released FERv39k lists applied to random frame counts) with numbered
+clip names. Each clip carries a learnable class signal: a class direction in
 feature space whose strength varies over the windows, buried in unit Gaussian noise (features of the
 real extractor are LayerNorm outputs). The reversed variant (`_rv`) holds the same windows in reverse
 order. Lists go to ROOT/annotation/NAME[/single]/<level folder>/<list>, features to
@@ -23,6 +24,7 @@ import numpy as np
 
 from pthnet_jax.data.benchmarks import LEVEL_FOLDERS, Benchmark, get_benchmark, level_folder
 from pthnet_jax.data.lists import LEVELS, read_list
+from pthnet_jax.fsutil import atomic_path, atomic_write
 
 STRIDES = {"H": 4, "M": 8, "L": 16}
 # Frame counts of the built-in fallback, per benchmark: (min, max) frames of a clip.
@@ -32,18 +34,8 @@ _FRAME_RANGES = {"FERv39k": (8, 48), "DFEW": (16, 800), "MAFW": (16, 700), "CREM
 _DEFAULT_SIZES = {"FERv39k": (31088, 7847)}
 
 
-def find_annotation_dir() -> Path | None:
-    """`shared/data/pthnet-annotation` beside the checkout or the working directory, if present."""
-    env = os.environ.get("PTHNET_ANNOTATION_DIR")
-    candidates = [Path(env)] if env else []
-    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
-        candidates += [base / ".." / "shared" / "data" / "pthnet-annotation",
-                       base / "shared" / "data" / "pthnet-annotation"]
-    return next((c.resolve() for c in candidates if c.is_dir()), None)
-
-
 def windows_for_frames(frames: np.ndarray, stride: int) -> np.ndarray:
-    """Window count of a clip of N frames, as observed in the FERv39k lists (spec §6)."""
+    """Window count of a clip of N frames, as observed in the FERv39k lists: 1 + ceil((N - 16) / stride)."""
     return np.ceil(np.maximum(frames - 16, 0) / stride).astype(np.int64) + 1
 
 
@@ -76,16 +68,21 @@ def _variant_path(path: str, level: str, face: bool, reverse: bool) -> str:
 
 def synthesize(out: str | os.PathLike, like: str = "FERv39k", clips: int | None = None,
                test_clips: int | None = None, feature_dim: int = 1408, seed: int = 0,
-               signal: float = 1.0, reverse: bool = True, quiet: bool = False, face: bool = False) -> Path:
+               signal: float = 1.0, reverse: bool = True, quiet: bool = False, face: bool = False,
+               annotation_dir: str | os.PathLike | None = None) -> Path:
     """Write a synthetic benchmark under `out` (forward and, with `reverse`, `_rv` features); returns `out`.
 
     `clips`/`test_clips` default to the real sizes; without `test_clips` the real ratio is kept.
-    Benchmarks with folds get fold 1 (`set_1_*`), MAFW its `single` label set.
+    Benchmarks with folds get fold 1 (`set_1_*`), MAFW its `single` label set. `annotation_dir`: the
+    original's `annotation/` folder (one sub-folder per benchmark) to imitate; None: built-in model.
     """
     bench = get_benchmark(like)
     out = Path(out).absolute()
     rng = np.random.default_rng(seed)
-    annotation = find_annotation_dir()
+    annotation = None if annotation_dir is None else Path(annotation_dir)
+    if annotation is not None and not (annotation / bench.name).is_dir():
+        raise ValueError(f"{annotation}: no {bench.name}/ folder of data lists (expected the original's "
+                         "annotation/ layout)")
     directions = rng.standard_normal((bench.num_classes, feature_dim)).astype(np.float32)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True) / math.sqrt(feature_dim) * 8.0
     started, written = time.perf_counter(), 0
@@ -141,7 +138,7 @@ class _NpyWriter:
             np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
                                                           "shape": array.shape})
             header = self._headers[array.shape] = buffer.getvalue()
-        with open(path, "wb") as file:
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
             file.write(header)
             file.write(np.ascontiguousarray(array, "<f4").data)
 
@@ -174,9 +171,7 @@ def _write_split(out: Path, bench: Benchmark, split: str, counts: np.ndarray, la
     for (lvl, rv), entries in lines.items():
         target = list_dir / level_folder(lvl, face, rv) / list_name
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text("\n".join(entries) + "\n")
-        os.replace(tmp, target)
+        atomic_write(target, "\n".join(entries) + "\n")
     return len(labels) * len(LEVELS) * len(variants)
 
 
@@ -192,10 +187,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--signal", type=float, default=1.0, help="class signal strength")
     parser.add_argument("--no-reverse", action="store_true", help="do not write the _rv variant")
     parser.add_argument("--face", action="store_true", help="name the folders as the _face variant")
+    parser.add_argument("--annotation-dir", type=Path,
+                        help="the original's annotation/ folder: imitate its real window counts, labels and names")
     args = parser.parse_args(argv)
     try:
         synthesize(args.out, args.like, args.clips, args.test_clips, args.feature_dim, args.seed,
-                   args.signal, reverse=not args.no_reverse, face=args.face)
+                   args.signal, reverse=not args.no_reverse, face=args.face, annotation_dir=args.annotation_dir)
     except ValueError as err:
         print(f"pthnet synth: {err}", file=sys.stderr)
         return 2

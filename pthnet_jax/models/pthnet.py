@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LEVELS: tuple[str, ...] = ("L", "M", "H")
+from pthnet_jax.pyramid import LEVELS, level_lengths
+
 _NORM_EPS = 1e-5  # PyTorch's LayerNorm / GroupNorm default (Flax's is 1e-6).
 
 Array = jax.Array
@@ -26,7 +27,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Every field of the original's constructor, with its defaults (spec §2)."""
+    """Every field of the original model's constructor, with the original's defaults."""
 
     n_in: int = 1408
     n_embd: int = 512
@@ -52,6 +53,8 @@ class ModelConfig:
             problems.append("arch and thr_size need 4 entries, k needs 3")
         if any(size % 2 == 0 for size in (*self.thr_size, *self.k)):
             problems.append(f"kernel sizes must be odd, got thr_size={self.thr_size}, k={self.k}")
+        if self.num_classes < 1 or self.n_in < 1:
+            problems.append(f"num_classes and n_in must be >= 1, got {self.num_classes} and {self.n_in}")
         if self.n_embd % self.num_heads:
             problems.append(f"n_embd={self.n_embd} is not divisible by num_heads={self.num_heads}")
         if self.n_embd % 16:
@@ -70,7 +73,7 @@ class ModelConfig:
     @property
     def level_lengths(self) -> dict[str, int]:
         """Time steps fed to the model per pyramid level."""
-        return {"L": self.max_len // 4, "M": self.max_len // 2, "H": self.max_len}
+        return level_lengths(self.max_len)
 
     @property
     def level_kernels(self) -> dict[str, int]:

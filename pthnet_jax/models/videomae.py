@@ -8,17 +8,21 @@ classification head is not part of this module.
 Input (channels last, unlike the original's (B, 3, T, H, W)):
     frames (B, num_frames, img_size, img_size, 3), float, RGB, values in [0, 1].
     No mean/std normalisation: the original extractor feeds `frames / 255` resized to 224 x 224
-    straight into the model. `preprocess` turns uint8 frames into that range.
+    straight into the model. `preprocess` turns uint8 frames into that range (the resize to
+    224 x 224 belongs to the video pipeline: bilinear, half-pixel centres, no antialiasing).
 Output: (B, embed_dim) float32 features.
+
+Compute dtype: `VideoMAE(config, dtype=...)`, float32 for the original's numbers, bfloat16 for
+speed. Attention: `chunked_attention` on CPU, `jax.nn.dot_product_attention` elsewhere (cuDNN's
+fused kernel for half precision on GPU); see `attention`.
 
 Parameter names mirror the original's module names (`patch_embed/proj`, `blocks_3/attn/qkv`,
 `blocks_3/attn/q_bias`, `fc_norm`, ...) so that `pthnet_jax.convert.videomae` is a table of renames
-and transposes.
+and transposes; its `load_videomae(path)` gives (module, variables) from the released checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -61,7 +65,8 @@ class VideoMAEConfig:
         if self.img_size % self.patch_size:
             problems.append(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
         if self.num_frames % self.tubelet_size:
-            problems.append(f"num_frames={self.num_frames} is not divisible by tubelet_size={self.tubelet_size}")
+            problems.append(f"num_frames={self.num_frames} is not divisible by "
+                            f"tubelet_size={self.tubelet_size}")
         if min(self.embed_dim, self.depth, self.num_heads, self.mlp_dim, self.patch_size,
                self.tubelet_size, self.num_frames, self.img_size, self.in_chans) < 1:
             problems.append("every size must be positive")
@@ -101,6 +106,19 @@ class VideoMAEConfig:
     def num_tokens(self) -> int:
         t, h, w = self.grid
         return t * h * w
+
+    @property
+    def flops_per_clip(self) -> int:
+        """Matrix-product FLOPs (2 per multiply-add) of one clip's forward pass: 5.09e12 for the giant.
+
+        Counted by hand because XLA's cost analysis counts a loop body once, so it misses most of
+        `chunked_attention` (the CPU path).
+        """
+        tokens, dim = self.num_tokens, self.embed_dim
+        patch = self.tubelet_size * self.patch_size ** 2 * self.in_chans
+        per_token = patch * dim + self.depth * (4 * dim * dim + 2 * dim * self.mlp_dim)  # embed, qkv+proj, MLP
+        attention = self.depth * 2 * tokens * tokens * dim  # q k^T and weights @ v
+        return 2 * (tokens * per_token + attention)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,11 +186,79 @@ class PatchEmbed(nn.Module):
         return patches @ kernel.reshape(-1, cfg.embed_dim) + bias
 
 
+SCORE_BLOCK = 1 << 20  # score elements per block of `chunked_attention` (4 MiB in float32: cache-sized)
+
+
+def _query_chunk(num_tokens: int, rows: int) -> int:
+    """Rows per query block: at most `rows`, preferring a divisor of the token count (no padding)."""
+    rows = max(8, min(rows, num_tokens))
+    return next((size for size in range(rows, rows // 2, -1) if num_tokens % size == 0), rows)
+
+
+def chunked_attention(q: Array, k: Array, v: Array, score_block: int = SCORE_BLOCK) -> Array:
+    """Softmax attention computed a block of queries at a time: (B, N, heads, head_dim) -> same.
+
+    The same arithmetic per query row as `jax.nn.dot_product_attention`, whose XLA form
+    materialises all (B, heads, N, N) scores at once: for 2048 tokens that is 256 MiB per clip of
+    the giant, memory-bound on a CPU. Here one clip at a time, in blocks of about `score_block`
+    scores that stay in cache (~3x faster on CPU).
+    """
+    batch, num_tokens, heads, head_dim = q.shape
+    chunk = _query_chunk(num_tokens, score_block // (heads * num_tokens))
+    pad = (-num_tokens) % chunk
+    scale = jnp.asarray(head_dim ** -0.5, q.dtype)
+
+    def one_clip(qkv: tuple[Array, Array, Array]) -> Array:  # (N, heads, hd) each -> (N, heads, hd)
+        queries, keys, values = qkv
+        # (N, heads, hd) -> (num_chunks, heads, chunk, hd); keys and values -> (heads, N, hd)
+        queries = jnp.pad(queries * scale, ((0, pad), (0, 0), (0, 0)))
+        queries = queries.reshape(-1, chunk, heads, head_dim).transpose(0, 2, 1, 3)
+        keys, values = keys.transpose(1, 0, 2), values.transpose(1, 0, 2)
+
+        def block(query_block: Array) -> Array:  # (heads, chunk, hd)
+            scores = jnp.einsum("hqd,hkd->hqk", query_block, keys, preferred_element_type=jnp.float32)
+            weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+            return jnp.einsum("hqk,hkd->hqd", weights, values)
+
+        out = jax.lax.map(block, queries)  # (num_chunks, heads, chunk, hd)
+        return out.transpose(0, 2, 1, 3).reshape(-1, heads, head_dim)[:num_tokens]
+
+    return jax.lax.map(one_clip, (q, k, v))
+
+
+ATTENTION_IMPLEMENTATIONS = ("auto", "chunked", "dot_product_attention", "cudnn")
+
+
+def attention(q: Array, k: Array, v: Array, implementation: str = "auto") -> Array:
+    """softmax(q k^T / sqrt(head_dim)) v over (B, N, heads, head_dim), by one of the implementations.
+
+    "chunked": `chunked_attention`; "dot_product_attention": `jax.nn.dot_product_attention` (XLA);
+    "cudnn": its fused cuDNN kernel (GPU, float16/bfloat16 only). "auto" picks "chunked" on CPU,
+    "cudnn" on GPU for half-precision inputs when cuDNN accepts them (else XLA), and XLA otherwise.
+    All give the original's numbers up to rounding.
+    """
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attention implementation {implementation!r}; "
+                         f"known: {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+    backend = jax.default_backend()
+    if implementation == "chunked" or (implementation == "auto" and backend == "cpu"):
+        return chunked_attention(q, k, v)
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    if implementation == "auto" and backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:  # cuDNN's checks (dtype, head size, library version) run here, at trace time
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with the original's biases: q and v have one, k has none."""
 
     config: VideoMAEConfig
     dtype: Any = jnp.float32
+    implementation: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -188,7 +274,7 @@ class Attention(nn.Module):
         qkv = qkv.reshape(*qkv.shape[:-1], 3, heads, cfg.head_dim)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
         # Scale head_dim^-0.5, softmax over keys (what the original computes by hand).
-        out = jax.nn.dot_product_attention(q, k, v)  # (B, N, heads, head_dim)
+        out = attention(q, k, v, self.implementation)
         out = out.reshape(*out.shape[:-2], dim)
         return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
 
@@ -209,11 +295,13 @@ class Block(nn.Module):
 
     config: VideoMAEConfig
     dtype: Any = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = x + Attention(self.config, self.dtype, name="attn")(_layer_norm("norm1", self.config, self.dtype)(x))
-        return x + Mlp(self.config, self.dtype, name="mlp")(_layer_norm("norm2", self.config, self.dtype)(x))
+        cfg, dtype = self.config, self.dtype
+        x = x + Attention(cfg, dtype, self.attention, name="attn")(_layer_norm("norm1", cfg, dtype)(x))
+        return x + Mlp(cfg, dtype, name="mlp")(_layer_norm("norm2", cfg, dtype)(x))
 
 
 class VideoMAE(nn.Module):
@@ -221,11 +309,13 @@ class VideoMAE(nn.Module):
 
     `dtype` is the compute dtype (float32 reproduces the original; bfloat16 for speed). Parameters
     are used in whatever dtype they are given (e.g. the checkpoint's float16) and cast to `dtype`
-    inside each layer. The token mean and `fc_norm` run in float32.
+    inside each layer. The token mean and `fc_norm` run in float32. `attention` picks the
+    attention implementation (see `attention`; "auto" by default).
     """
 
     config: VideoMAEConfig = VideoMAEConfig()
     dtype: Any = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, frames: Array) -> Array:
@@ -237,51 +327,32 @@ class VideoMAE(nn.Module):
         x = PatchEmbed(cfg, self.dtype, name="patch_embed")(frames.astype(self.dtype))
         x = x + jnp.asarray(sinusoid_table(cfg.num_tokens, cfg.embed_dim), dtype=x.dtype)
         for index in range(cfg.depth):
-            x = Block(cfg, self.dtype, name=f"blocks_{index}")(x)
+            x = Block(cfg, self.dtype, self.attention, name=f"blocks_{index}")(x)
         pooled = x.astype(jnp.float32).mean(axis=1)
         return _layer_norm("fc_norm", cfg, jnp.float32)(pooled)
 
 
+def _dummy_frames(config: VideoMAEConfig) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((1, config.num_frames, config.img_size, config.img_size, config.in_chans),
+                                jnp.float32)
+
+
 def init_params(config: VideoMAEConfig, rng: Array | None = None, dtype: Any = jnp.float32) -> dict[str, Any]:
     """Randomly initialised `{"params": ...}` for `config` (tests, demos), compiled as one program."""
-    rng = jax.random.key(0) if rng is None else rng
-    model = VideoMAE(config)
-    frames = jax.ShapeDtypeStruct((1, config.num_frames, config.img_size, config.img_size, config.in_chans),
-                                  jnp.float32)
-
-    @jax.jit
-    def init(key):
-        variables = model.init(key, jnp.zeros(frames.shape, frames.dtype))
-        return jax.tree.map(lambda p: p.astype(dtype), variables)
-
-    return init(rng)
+    frames = _dummy_frames(config)
+    init = jax.jit(lambda key: jax.tree.map(lambda p: p.astype(dtype), VideoMAE(config).init(
+        key, jnp.zeros(frames.shape, frames.dtype))))
+    return init(jax.random.key(0) if rng is None else rng)
 
 
 def param_shapes(config: VideoMAEConfig) -> dict[str, Any]:
     """The `{"params": ...}` tree of `config` as ShapeDtypeStructs, without allocating anything."""
-    model = VideoMAE(config)
-    frames = jax.ShapeDtypeStruct((1, config.num_frames, config.img_size, config.img_size, config.in_chans),
-                                  jnp.float32)
-    return jax.eval_shape(model.init, jax.random.key(0), frames)
+    return jax.eval_shape(VideoMAE(config).init, jax.random.key(0), _dummy_frames(config))
 
 
 def count_params(params: Any) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
 
 
-def load_videomae(path: str, dtype: Any = None, compute_dtype: Any = jnp.float32,
-                  config: VideoMAEConfig | None = None) -> tuple[VideoMAE, dict[str, Any]]:
-    """A VideoMAE V2 checkpoint (`.pth` or `.safetensors`) -> (module, {"params": ...}).
-
-    The size is inferred from the shapes unless `config` is given. Parameters keep the checkpoint's
-    precision (float16 for the released ViT-g) unless `dtype` asks for another; `compute_dtype` is
-    the module's compute dtype. Nothing in the file is executed and PyTorch is not needed.
-    """
-    from pthnet_jax.convert.videomae import load_checkpoint
-
-    loaded = load_checkpoint(path, config=config, dtype=dtype)
-    return VideoMAE(loaded.config, dtype=compute_dtype), loaded.variables
-
-
-__all__ = ["CHECKPOINT_FILE", "SIZES", "VideoMAE", "VideoMAEConfig", "count_params", "init_params",
-           "load_videomae", "param_shapes", "preprocess", "sinusoid_table"]
+__all__ = ["ATTENTION_IMPLEMENTATIONS", "CHECKPOINT_FILE", "SIZES", "VideoMAE", "VideoMAEConfig", "attention",
+           "chunked_attention", "count_params", "init_params", "param_shapes", "preprocess", "sinusoid_table"]

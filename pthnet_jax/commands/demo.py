@@ -1,6 +1,6 @@
 """`pthnet demo`: the built-in default job, end to end on synthetic data.
 
-Synthesizes FERv39k-like features (real window counts when the annotation lists are present),
+Synthesizes FERv39k-like features (real window counts with `--annotation-dir`),
 imports them into TFDS, trains a narrower PTH-Net with the original recipe (configs/demo.py),
 evaluates the best checkpoint and prints UAR/WAR and where the plots are.
 """
@@ -14,13 +14,13 @@ from pathlib import Path
 
 def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int | None = None,
              feature_dim: int = 1408, seed: int = 0, signal: float | None = None,
-             overrides: dict | None = None) -> dict:
+             overrides: dict | None = None, annotation_dir: str | Path | None = None) -> dict:
     """Synthesize (unless WORKDIR/data exists), import, train with configs/demo.py, evaluate the best
     checkpoint; returns the evaluation's metrics. `signal` scales the synthetic class signal."""
     from pthnet_jax.configs import demo as demo_config
     from pthnet_jax.data.importer import import_features
     from pthnet_jax.data.synth import synthesize
-    from pthnet_jax.evaluate import run_evaluation
+    from pthnet_jax.commands.evaluate import run_evaluation
     from pthnet_jax.train import train_and_evaluate
 
     workdir = Path(workdir).absolute()
@@ -29,7 +29,8 @@ def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int
     if not data_dir.exists():
         shutil.rmtree(root, ignore_errors=True)
         extra = {} if signal is None else {"signal": signal}
-        synthesize(root, "FERv39k", clips=clips, feature_dim=feature_dim, seed=seed, reverse=False, **extra)
+        synthesize(root, "FERv39k", clips=clips, feature_dim=feature_dim, seed=seed, reverse=False,
+                   annotation_dir=annotation_dir, **extra)
         import_features("FERv39k", root, data_dir, feature_dim=feature_dim)
     else:
         print(f"reusing the synthetic data in {data_dir} (delete it to synthesize again)")
@@ -39,12 +40,7 @@ def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int
     config.train.seed = seed
     if epochs is not None:
         config.train.epochs = epochs
-    for key, value in (overrides or {}).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides or {})
     if train_and_evaluate(config, run_dir).get("interrupted"):
         return {}
     result = run_evaluation(run_dir / "best", data_dir, workdir / "evaluation")
@@ -65,6 +61,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--clips", type=int, default=1200, help="synthetic training clips")
     parser.add_argument("--epochs", type=int, help="override configs/demo.py's epoch count")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--annotation-dir", type=Path,
+                        help="the original's annotation/ folder: synthesize with its real window counts")
     args = parser.parse_args(argv)
-    run_demo(args.workdir, args.clips, args.epochs, seed=args.seed)
+    run_demo(args.workdir, args.clips, args.epochs, seed=args.seed, annotation_dir=args.annotation_dir)
     return 0

@@ -1,10 +1,10 @@
-"""PTH-Net in PyTorch with the original release's module names and tensor layouts, from the spec.
+"""PTH-Net in PyTorch with the original release's module names and tensor layouts.
 
 It serves three purposes: the independent reference of the numerical parity tests, the module that
 exported `.pth` files must load into strictly, and the PyTorch baseline of the speed benchmark.
-Written from `docs/pthnet-reference.md` §2 (not from the original source). Works in the original's
-(B, C, T) layout with (B, 1, T) boolean masks. PyTorch is an optional dependency of pthnet-jax and
-is imported by this module only.
+Written from a description of the original's computation, not from its source, so that agreement
+with the Flax model means something. Works in the original's (B, C, T) layout with (B, 1, T)
+boolean masks. PyTorch is an optional dependency of pthnet-jax.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Per clip and epoch it reads the three `.npy` files of the clip (one per pyramid level) in a
 `torch.utils.data.Dataset`, samples windows as the original does, pads, adds training noise, and
 batches through a `DataLoader` with shuffling; the model is the PyTorch reference PTH-Net with the
-original's names (`pthnet_jax.convert.torch_reference`), trained with SGD + the hierarchy loss.
+original's names (`pthnet_jax.benchmarks.torch_pthnet`), trained with SGD + the hierarchy loss.
 PyTorch is imported here only; the benchmark skips this baseline when it is not installed.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def read_list(path: Path) -> list[tuple[str, int, int]]:
 
 
 def segment_picks(num_windows: int, num_steps: int, train: bool, rng: np.random.Generator) -> np.ndarray:
-    """Window indices for one level of one clip, the original's rule (spec §1)."""
+    """Window indices for one level of one clip, the original's rule (segments, a random or middle window each)."""
     if num_windows < num_steps:
         return np.arange(num_windows)
     seg = num_windows / num_steps
@@ -76,7 +76,7 @@ class NpyClipDataset:
 
 
 def hierarchy_loss(torch_module, logits_l, logits_m, logits_h, labels):
-    """CE(H) + KL(L || H) + KL(M || H), H's softmax detached (spec §3)."""
+    """CE(H) + KL(L || H) + KL(M || H), H's softmax detached (the original's loss)."""
     functional = torch_module.nn.functional
     target = functional.softmax(logits_h.detach(), dim=1)
     kl = lambda logits: functional.kl_div(functional.log_softmax(logits, dim=1), target,  # noqa: E731
@@ -92,7 +92,7 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
     """Train and evaluate the PyTorch baseline; returns throughput and timing figures."""
     import torch
 
-    from pthnet_jax.convert.torch_reference import TorchPTHNet
+    from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet
 
     start = time.perf_counter()
     if num_workers is None:  # the original's default is 8 loader workers
@@ -162,7 +162,7 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
 
 
 def main(argv: list[str]) -> int:
-    """`python -m pthnet_jax.bench_torch SPEC.json OUT.json`: the baseline in a process of its own."""
+    """`python -m pthnet_jax.benchmarks.torch_baseline SPEC.json OUT.json`: the baseline in a process of its own."""
     import gc
     import json
     import resource

@@ -5,7 +5,7 @@ batch 32, T=16, and prints clips/s for both. The PyTorch model is `TorchPTHNet` 
 names and layouts) with random weights; the Flax params are converted from it with the converter's
 `torch_to_flax`, so both compute the same function (checked before timing).
 
-    python scripts/bench_forward.py [--batch 32] [--repeats 30] [--torch-threads N] [--single-thread]
+    python -m pthnet_jax.benchmarks.forward [--batch 32] [--repeats 30] [--torch-threads N] [--single-thread]
 
 The two frameworks' timed calls alternate, so load from other processes on a shared machine hits
 both alike; medians are reported. `--single-thread` pins both to one thread (XLA's Eigen pool off,
@@ -53,7 +53,7 @@ def main() -> None:
     import torch
 
     from pthnet_jax.convert.mapping import torch_to_flax
-    from pthnet_jax.convert.torch_reference import TorchPTHNet
+    from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet
     from pthnet_jax.models.pthnet import ModelConfig, PTHNet, count_params
 
     if args.torch_threads:

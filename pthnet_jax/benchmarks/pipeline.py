@@ -1,8 +1,8 @@
 """Input-pipeline throughput (clips/s) on FERv39k-sized synthetic data: resident vs streaming.
 
-    python scripts/bench_pipeline.py            # 31,088 train / 7,847 test clips, 1408-d (a few minutes)
-    python scripts/bench_pipeline.py --quick    # 2,000 / 500 clips, fewer batches (about a minute)
-    python scripts/bench_pipeline.py --data DIR # an already imported dataset (skips synth and import)
+    python -m pthnet_jax.benchmarks.pipeline            # 31,088 train / 7,847 test clips, 1408-d (a few minutes)
+    python -m pthnet_jax.benchmarks.pipeline --quick    # 2,000 / 500 clips, fewer batches (about a minute)
+    python -m pthnet_jax.benchmarks.pipeline --data DIR # an already imported dataset (skips synth and import)
 
 Synthesizes features in the original layout (window counts from the real FERv39k lists when
 ../shared/data is present), imports them, then times `iterate_batches` (host numpy batches, what a
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from pthnet_jax import data
 from pthnet_jax.data.importer import import_features
@@ -47,7 +46,9 @@ def time_iterator(split, *, mode: str, train: bool, batch: int, max_batches: int
 
 def time_device_sampler(split, *, batch: int, steps: int) -> dict:
     """clips/s of `sample_batch` inside a jitted `lax.scan` over resident features (training)."""
-    resident = resident_features(split, data.LEVELS)
+    from pthnet_jax import parallel
+
+    resident = parallel.first_device(resident_features(split, data.LEVELS))
     plan, valid = data.batch_plan(data.epoch_order(split.num_clips, seed=0, epoch=0, shuffle=True),
                                   global_batch=batch)
     chunks = len(plan) // steps
