@@ -11,7 +11,7 @@ from pthnet_jax.models.pthnet import ModelConfig, PTHNet
 torch = pytest.importorskip("torch")
 
 from pthnet_jax.convert.mapping import torch_to_flax  # noqa: E402
-from pthnet_jax.convert.torch_reference import TorchPTHNet  # noqa: E402
+from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet  # noqa: E402
 from video_helpers import decode_independently, moving_frames, reference_starts, reference_window, write_video  # noqa: E402
 
 CFG = ModelConfig(n_in=32, n_embd=32, mlp_dim=48, num_classes=7, arch=(1, 1, 1, 1))  # shallow: compiles faster
