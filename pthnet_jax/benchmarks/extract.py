@@ -154,8 +154,9 @@ def run_torch(args, batched: bool) -> dict:
                                         size=(224, 224), mode="bilinear", align_corners=False)  # (N, 3, 224, 224)
                 plan = plan_clip(len(frames))
                 index = torch.from_numpy(np.concatenate([plan.frame_indices(d) for d in ("forward", "reverse")])).to(device)
-                for first in range(0, len(index), args.batch):
-                    batch = resized[index[first:first + args.batch]].permute(0, 2, 1, 3, 4)  # (B, 3, 16, 224, 224)
+                size = args.batch or (2 if device.type == "cpu" else 32)
+                for first in range(0, len(index), size):
+                    batch = resized[index[first:first + size]].permute(0, 2, 1, 3, 4)  # (B, 3, 16, 224, 224)
                     with torch.autocast(device.type, dtype=torch.bfloat16):
                         model(batch).float().cpu()
                     windows += len(batch)
@@ -199,7 +200,8 @@ def demo_agreement(workdir: Path) -> dict:
 def _child(side: str, args) -> dict:
     """Run one side in a fresh process; its last stdout line is its JSON result."""
     command = [sys.executable, "-m", "pthnet_jax.benchmarks.extract", "--videos", str(args.videos),
-               "--scratch", str(args.scratch), "--size", args.size, "--batch", str(args.batch)]
+               "--scratch", str(args.scratch), "--size", args.size]
+    command += ["--batch", str(args.batch)] if args.batch else []
     command += ["--side", "jax", "--dtype", side[4:]] if side.startswith("jax_") else \
         ["--side", side, "--torch-device", args.torch_device]
     if args.depth:
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 24, 33, 40],
                         help="clip lengths, cycled over the clips (default: FERv39k-like short clips)")
-    parser.add_argument("--batch", type=int, default=2, help="windows per device per step (JAX) / per batch (torch)")
+    parser.add_argument("--batch", type=int, help="windows per device per step (JAX) / per batch (torch); "
+                                                   "default 2 on CPU, 32 on accelerators")
     parser.add_argument("--bf16", action="store_true", help="also run JAX in bfloat16 and measure the drift")
     parser.add_argument("--demo-workdir", type=Path, help="a `pthnet demo-video --workdir` directory for the "
                                                           "bf16 prediction agreement")
