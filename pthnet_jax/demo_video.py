@@ -139,7 +139,7 @@ def demo_backbone(seed: int = 0, dtype=None):
 
 
 def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14, test_per_class: int = 6,
-                   epochs: int = 15, seed: int = 0, lr: float = 0.02, overrides: dict | None = None) -> dict:
+                   epochs: int = 25, seed: int = 0, lr: float = 0.02, overrides: dict | None = None) -> dict:
     """Synthesize, extract, import, train, predict; returns {accuracy, seconds per stage, ...}.
     `overrides`: training config fields by dotted name (e.g. {"train.steps_per_dispatch": 1})."""
     from pthnet_jax import load_model
@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory)")
     parser.add_argument("--train-per-class", type=int, default=14)
     parser.add_argument("--test-per-class", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
