@@ -18,6 +18,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "import-features": ("pthnet_jax.data.importer", "import VideoMAE V2 feature lists + .npy files into TFDS"),
     "synth": ("pthnet_jax.data.synth", "write synthetic features in the original layout"),
     "bench": ("pthnet_jax.benchmarks.speed", "side-by-side speed benchmark against a PyTorch baseline"),
+    "extract": ("pthnet_jax.video.extract", "VideoMAE V2 features of videos, in the original layout"),
+    "predict": ("pthnet_jax.video.predict", "class probabilities of video files (backbone + PTH-Net)"),
+    "demo-video": ("pthnet_jax.demo_video", "the whole video path on synthetic clips, nothing downloaded"),
 }
 
 

@@ -1,0 +1,168 @@
+"""`pthnet predict VIDEO... --backbone CKPT --checkpoint PTHNET [--rv-checkpoint PTHNET --mu 0.7]`:
+the expression in each clip, from the video file (or frame folder) itself.
+
+Per clip: decode, extract the stride-4 VideoMAE features (forward, and reversed when a backward model
+is given) exactly as `pthnet extract` does, sample them as `pthnet evaluate` does, fuse the forward
+and backward logits (`mu * forward + (1 - mu) * backward`) and print the softmax as a table.
+`--output FILE.json` writes `{"predictions": [{"video", "probabilities": {class: p}, "label"}, ...]}`.
+
+In Python: `predict_videos(paths_or_frames, backbone, model, variables, ...)`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from pthnet_jax.fsutil import atomic_write_json
+from pthnet_jax.inference import clip_logits, fuse_logits, softmax
+from pthnet_jax.video.decode import DecodeError, load_clip
+from pthnet_jax.video.engine import Backbone, WindowEngine
+from pthnet_jax.video.extract import ExtractOptions, add_window_arguments, clip_features, load_backbone
+
+H_STRIDE = 4  # evaluation reads the H level only: windows 4 frames apart
+
+
+def predict_videos(videos: Sequence[str | os.PathLike | np.ndarray], backbone: Backbone, model,
+                   variables: Mapping[str, Any], *, rv_model=None, rv_variables: Mapping[str, Any] | None = None,
+                   mu: float = 0.7, schedule: str = "cover_end", end: str = "aligned", short: str = "clamp",
+                   engine: WindowEngine | None = None) -> list[np.ndarray]:
+    """Class probabilities (num_classes,) per clip.
+
+    videos: paths of video files or frame folders, or decoded clips (N, H, W, 3) uint8 RGB.
+    backbone: the VideoMAE V2 backbone (`pthnet_jax.video.extract.load_backbone(path)`).
+    model, variables: the forward PTH-Net (`pthnet_jax.load_model(path)`); rv_model/rv_variables the
+        optional backward model, fused with weight `mu` on the forward logits.
+    """
+    if (rv_model is None) != (rv_variables is None):
+        raise ValueError("pass both rv_model and rv_variables, or neither")
+    for which in (model, rv_model):
+        if which is not None and which.config.n_in != backbone.dim:
+            raise ValueError(f"the PTH-Net model reads {which.config.n_in}-d features but the backbone "
+                             f"{backbone.name} makes {backbone.dim}-d ones")
+    if rv_model is not None and rv_model.config == model.config and rv_model.dtype == model.dtype:
+        rv_model = model  # the same module: its compiled evaluation step serves both
+    directions = ("forward", "reverse") if rv_model is not None else ("forward",)
+    options = ExtractOptions(strides=(H_STRIDE,), directions=directions, schedule=schedule, end=end, short=short)
+    engine = engine or WindowEngine(backbone)
+    probabilities = []
+    for video in videos:
+        frames = video if isinstance(video, np.ndarray) else load_clip(video)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"decoded clips must be (N, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
+        try:
+            features = clip_features(engine, frames, options)
+        except DecodeError as err:
+            name = "clip" if isinstance(video, np.ndarray) else str(video)
+            raise DecodeError(f"{name}: {len(frames)} frames give no window under the '{schedule}' schedule "
+                              f"({err})") from err
+        logits = clip_logits(model, variables, features[(H_STRIDE, "forward")])
+        if rv_model is not None:
+            logits = fuse_logits(logits, clip_logits(rv_model, rv_variables, features[(H_STRIDE, "reverse")]), mu)
+        probabilities.append(softmax(logits))
+    return probabilities
+
+
+def class_names_for(checkpoint: Path, num_classes: int, dataset: str | None = None) -> list[str]:
+    """Class names: from the checkpoint (its provenance, or its training run's dataset), else from
+    `dataset` (a benchmark name), else numbered."""
+    from pthnet_jax.data.benchmarks import get_benchmark
+
+    names = None
+    if dataset:
+        names = list(get_benchmark(dataset).class_names)
+    else:
+        names = _names_from_checkpoint(Path(checkpoint))
+    if not names or len(names) != num_classes:
+        names = [f"class_{i}" for i in range(num_classes)]
+    return names
+
+
+def _names_from_checkpoint(path: Path) -> list[str] | None:
+    from pthnet_jax.data.benchmarks import get_benchmark
+
+    candidates = [path, path / "best"] if path.is_dir() else []
+    for directory in candidates:
+        info_file = directory / "pthnet" / "metadata"
+        if info_file.is_file():
+            provenance = json.loads(info_file.read_text()).get("provenance", {})
+            if provenance.get("class_names"):
+                return list(provenance["class_names"])
+            if provenance.get("benchmark"):
+                try:
+                    return list(get_benchmark(provenance["benchmark"]).class_names)
+                except ValueError:
+                    pass
+    for run in ([path, path.parent] if path.is_dir() else []):  # a training workdir's resolved config
+        config_file = run / "config.json"
+        if config_file.is_file():
+            data_dir = json.loads(config_file.read_text()).get("data", {}).get("data_dir")
+            for metadata in sorted(Path(data_dir).rglob("metadata.json")) if data_dir and Path(data_dir).is_dir() else []:
+                names = json.loads(metadata.read_text()).get("class_names")
+                if names:
+                    return list(names)
+    return None
+
+
+def format_table(videos: Sequence[str], probabilities: Sequence[np.ndarray], names: Sequence[str]) -> str:
+    width = max(8, *(len(n) for n in names))
+    video_width = min(48, max(5, *(len(v) for v in videos)))
+    header = "video".ljust(video_width) + "  " + "label".ljust(width) + "  " + "  ".join(n[:width].rjust(width) for n in names)
+    lines = [header, "-" * len(header)]
+    for video, probs in zip(videos, probabilities):
+        shown = video if len(video) <= video_width else "..." + video[-(video_width - 3):]
+        lines.append(shown.ljust(video_width) + "  " + names[int(np.argmax(probs))].ljust(width) + "  " +
+                     "  ".join(f"{p:.4f}".rjust(width) for p in probs))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="pthnet predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("videos", nargs="+", type=Path, help="video files or folders of frame images")
+    parser.add_argument("--backbone", required=True, type=Path, help="VideoMAE V2 checkpoint (.pth or directory)")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="forward PTH-Net (.pth, checkpoint dir, workdir)")
+    parser.add_argument("--rv-checkpoint", type=Path, help="backward PTH-Net, fused with the forward one")
+    parser.add_argument("--mu", type=float, default=0.7, help="weight of the forward logits in the fusion")
+    parser.add_argument("--dataset", help="benchmark whose class names to print (when the checkpoint does not say)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--output", type=Path, help="write the predictions to this JSON file")
+    add_window_arguments(parser)
+    args = parser.parse_args(argv)
+    from pthnet_jax import load_model
+
+    try:
+        model, variables = load_model(args.checkpoint)
+        rv_model = rv_variables = None
+        if args.rv_checkpoint:
+            rv_model, rv_variables = load_model(args.rv_checkpoint)
+        backbone = load_backbone(args.backbone, args.dtype)
+        names = class_names_for(args.checkpoint, model.config.num_classes, args.dataset)
+        engine = WindowEngine(backbone, batch_per_device=None)
+        rows, shown, failures = [], [], []
+        for video in args.videos:
+            try:
+                probs = predict_videos([video], backbone, model, variables, rv_model=rv_model,
+                                       rv_variables=rv_variables, mu=args.mu, schedule=args.schedule, end=args.end,
+                                       short=args.short, engine=engine)[0]
+            except DecodeError as err:
+                failures.append(str(err))
+                print(f"pthnet predict: {err}", file=sys.stderr)
+                continue
+            shown.append((str(video), probs))
+            rows.append({"video": str(video), "probabilities": {n: float(p) for n, p in zip(names, probs)},
+                         "label": names[int(np.argmax(probs))]})
+    except (FileNotFoundError, ValueError) as err:
+        print(f"pthnet predict: {err}", file=sys.stderr)
+        return 2
+    if shown:
+        print(format_table([v for v, _ in shown], [p for _, p in shown], names))
+    if args.output:
+        atomic_write_json(args.output, {"predictions": rows, "failed": failures})
+        print(f"predictions written to {args.output}")
+    return 1 if failures else 0
