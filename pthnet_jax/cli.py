@@ -20,7 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("pthnet_jax.benchmarks.speed", "side-by-side speed benchmark against a PyTorch baseline"),
     "extract": ("pthnet_jax.video.extract", "VideoMAE V2 features of videos, in the original layout"),
     "predict": ("pthnet_jax.video.predict", "class probabilities of video files (backbone + PTH-Net)"),
-    "demo-video": ("pthnet_jax.demo_video", "the whole video path on synthetic clips, nothing downloaded"),
+    "demo-video": ("pthnet_jax.commands.demo_video", "the whole video path on synthetic clips, nothing downloaded"),
+    "bench-extract": ("pthnet_jax.benchmarks.extract", "feature extraction speed against PyTorch (one window f32, batched bf16)"),
 }
 
 

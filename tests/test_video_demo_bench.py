@@ -24,7 +24,7 @@ def test_benchmark_torch_videomae_computes_the_flax_features(fused):
 
 @pytest.mark.slow
 def test_demo_video_runs_end_to_end(tmp_path, capsys):
-    from pthnet_jax.demo_video import run_demo_video
+    from pthnet_jax.commands.demo_video import run_demo_video
 
     # A shallower PTH-Net and one step per device call: compiling the trainer is most of this test.
     result = run_demo_video(tmp_path, train_per_class=2, test_per_class=1, epochs=2,

@@ -52,7 +52,7 @@ def make_clips(out: Path, count: int, frames: list[int], seed: int = 0) -> Path:
     """`count` synthetic clips, their lengths cycling through `frames`; also OUT/../warmup/ with one clip."""
     import shutil
 
-    from pthnet_jax.demo_video import synth_frames, write_video
+    from pthnet_jax.commands.demo_video import synth_frames, write_video
 
     rng = np.random.default_rng(seed)
     for i in range(count):
@@ -183,7 +183,7 @@ def demo_agreement(workdir: Path) -> dict:
     import jax.numpy as jnp
 
     from pthnet_jax import load_model
-    from pthnet_jax.demo_video import demo_backbone
+    from pthnet_jax.commands.demo_video import demo_backbone
     from pthnet_jax.video.predict import predict_videos
 
     model, variables = load_model(workdir / "run" / "best")
