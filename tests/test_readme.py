@@ -28,6 +28,11 @@ SKIPPED = {
     'python -m pytest -q tests': "this suite itself",
     'pthnet demo': "minutes at its default size; tests/test_demo.py runs it smaller",
     'pthnet bench --bf16': "a full-size GPU benchmark; tests/test_bench.py runs pthnet bench at a tiny size",
+    'pthnet extract videos/ --backbone vit_g_hybrid_pt_1200e_k710_ft.pth --out ROOT --dataset FERv39k '
+    '--labels labels.txt': "needs the released 2 GB ViT-g; tests/test_video_extract.py runs extract on a tiny backbone",
+    'pthnet predict clip.mp4 --backbone vit_g_hybrid_pt_1200e_k710_ft.pth --checkpoint runs/ferv39k/best '
+    '--rv-checkpoint runs/ferv39k_rv/best --mu 0.7': "needs the released 2 GB ViT-g; tests/test_video_predict.py "
+    "runs predict on a tiny backbone",
 }
 
 
@@ -39,7 +44,7 @@ def readme_commands() -> list[str]:
     """The bash commands, continuation lines joined, comments dropped, `a && b` split."""
     commands = []
     for block in readme_blocks("bash"):
-        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+        for line in re.sub(r"\s*\\\n\s*", " ", block).splitlines():
             text = re.sub(r"(^|\s+)#.*$", "", line).strip()  # a comment (no README command quotes a '#')
             if text:
                 commands += [part.strip() for part in text.split(" && ")]
