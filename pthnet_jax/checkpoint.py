@@ -54,10 +54,30 @@ def save_checkpoint(path: str | os.PathLike, params: Any, model_config: ModelCon
     path = Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(path, ocp.args.Composite(**save_args(params, model_config, provenance,
-                                                                torch_extra)))
+    remove_unfinished_saves(path)
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            checkpointer.save(path, ocp.args.Composite(**save_args(params, model_config, provenance,
+                                                                    torch_extra)))
+    except BaseException:
+        remove_unfinished_saves(path)  # a failed save (disk full...) leaves nothing behind
+        raise
     return path
+
+
+def remove_unfinished_saves(path: Path) -> list[Path]:
+    """Remove Orbax's temporary directories of `path` (`PATH.orbax-checkpoint-tmp-*`): what a writer
+    killed mid-save left behind. Called before writing `path` again (process 0 only)."""
+    import jax
+
+    from pthnet_jax.fsutil import remove_path
+
+    if jax.process_index() != 0 or not path.parent.is_dir():
+        return []
+    leftovers = list(path.parent.glob(f"{path.name}.orbax-checkpoint-tmp*"))
+    for leftover in leftovers:
+        remove_path(leftover)
+    return leftovers
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
         config = values.config
         if config is not None:
             config.to_dict()  # a file that failed to load raises only on first use: surface it here
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as err:
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError, SyntaxError, NameError,
+            ImportError) as err:  # the last three: a config file that does not run
         raise SystemExit(f"pthnet train: {flag_error_text(err)}\n{USAGE}")
     if config is None or values.workdir is None:
         raise SystemExit(USAGE)
