@@ -116,10 +116,17 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
             params = checkpointer.restore(path / PARAMS_ITEM, target)
         except (ValueError, KeyError, FileNotFoundError) as err:
             raise CheckpointError(f"{path / PARAMS_ITEM}: parameters do not match the model config "
-                                  f"{config}: {err}") from err
+                                  f"{config}: {str(err)[:600]}") from err
+        except Exception as err:  # noqa: BLE001 - TensorStore errors of damaged files
+            raise CheckpointError(f"{path / PARAMS_ITEM}: cannot be read ({type(err).__name__}: "
+                                  f"{str(err)[:600]}); the checkpoint is damaged") from err
         extra: dict[str, np.ndarray] = {}
         if (path / EXTRA_ITEM).is_dir():
-            extra = {k: np.asarray(v) for k, v in checkpointer.restore(path / EXTRA_ITEM).items()}
+            try:
+                extra = {k: np.asarray(v) for k, v in checkpointer.restore(path / EXTRA_ITEM).items()}
+            except Exception as err:  # noqa: BLE001
+                raise CheckpointError(f"{path / EXTRA_ITEM}: cannot be read ({type(err).__name__}: "
+                                      f"{str(err)[:600]}); the checkpoint is damaged") from err
     return config, {"params": params}, info, extra
 
 
