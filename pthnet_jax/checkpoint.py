@@ -216,10 +216,13 @@ class TrainCheckpoints:
                       "partial": run.partial if interrupted else {}, **self.identity}
         items = save_args(state.params, model_config, provenance)
         items[TRAIN_STATE_ITEM] = ocp.args.StandardSave(state)
+        quiet = _QuietOrbaxErrors()  # we report a failed save ourselves, in one line
         try:
-            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-            self.manager.wait_until_finished()
+            with quiet:
+                self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+                self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001
+            quiet.keep()
             self._remove_unfinished(step)
             raise CheckpointError(f"{self.step_dir(step)}: could not save the checkpoint of step {step} "
                                   f"({_describe(err)}); the earlier checkpoints are intact: free space "
@@ -322,6 +325,64 @@ class TrainCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class _QuietOrbaxErrors:
+    """While a save runs, drop Orbax's own ERROR logs (a traceback per failed background write):
+    the failure reaches `save`, which reports it once, naming the path. After a failure (`keep`),
+    also drop the "Event loop is closed" tracebacks that TensorStore callbacks of the aborted save
+    print later, and keep the log filter: the run ends with our message."""
+
+    def __init__(self):
+        import logging
+
+        self.logger = logging.getLogger("absl")
+        self.kept = False
+
+    @staticmethod
+    def filter(record) -> bool:
+        import logging
+
+        return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
+
+    def __enter__(self):
+        self.logger.addFilter(self.filter)
+        return self
+
+    def __exit__(self, *exc):
+        if not self.kept:
+            self.logger.removeFilter(self.filter)
+
+    def keep(self) -> None:
+        import sys
+
+        self.kept = True
+        previous = sys.excepthook
+
+        def hook(kind, value, tb):
+            if kind is RuntimeError and "Event loop is closed" in str(value):
+                return
+            previous(kind, value, tb)
+
+        sys.excepthook = hook
+        import threading
+
+        previous_thread_hook = threading.excepthook
+
+        def thread_hook(args):
+            if args.exc_type is RuntimeError and "Event loop is closed" in str(args.exc_value):
+                return
+            previous_thread_hook(args)
+
+        threading.excepthook = thread_hook
+        previous_unraisable = sys.unraisablehook
+
+        def unraisable(args):
+            if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
+                return
+            previous_unraisable(args)
+
+        sys.unraisablehook = unraisable
 
 
 def _finalized_steps(directory: Path) -> set[int]:

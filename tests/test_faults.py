@@ -274,12 +274,18 @@ def test_full_disk_is_a_message_and_a_rerun_after_freeing_space_resumes(tiny_dat
     """A real ENOSPC: the workdir on a small tmpfs (in a user+mount namespace), grown afterwards."""
     if not _can_mount_tmpfs(tmp_path):
         pytest.skip("cannot mount a tmpfs here (unshare -rm); the simulated ENOSPC is in test_reliability.py")
-    workdir, out = tmp_path / "small", tmp_path / "out"
-    workdir.mkdir(), out.mkdir()
+    workdir, out, small_data = tmp_path / "small", tmp_path / "out", tmp_path / "small-data"
+    workdir.mkdir(), out.mkdir(), small_data.mkdir()
     size = os.environ.get("PTHNET_TEST_FULL_DISK_SIZE", "600k")
     command = [sys.executable, __file__]
+    root = next(p for p in Path(tiny_datasets[0]).parents if (p / "root").is_dir()) / "root"
     script = textwrap.dedent(f"""
         set -u
+        mount -t tmpfs -o size=48k none {small_data} || exit 89
+        {sys.executable} -m pthnet_jax.cli import-features --dataset FERv39k --root {root} --out {small_data}/data \
+            --feature-dim 16 > {out}/import.out 2> {out}/import.err
+        echo $? > {out}/import.rc
+        ls -A {small_data} > {out}/import-left.txt
         mount -t tmpfs -o size={size} none {workdir} || exit 90
         {' '.join(command)} train {tiny_datasets[0]} {workdir} "" > {out}/first.out 2> {out}/first.err
         echo $? > {out}/first.rc
@@ -291,6 +297,10 @@ def test_full_disk_is_a_message_and_a_rerun_after_freeing_space_resumes(tiny_dat
     """)
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
+    import_err = (out / "import.err").read_text()
+    assert (out / "import.rc").read_text().strip() == "2", import_err[-3000:]
+    assert "Traceback" not in import_err and "No space left on device" in import_err, import_err[-3000:]
+    assert (out / "import-left.txt").read_text().split() == []  # nothing half-written left
     first_err = (out / "first.err").read_text()
     assert (out / "first.rc").read_text().strip() == "2", first_err[-3000:]
     assert "Traceback" not in first_err and "No space left on device" in first_err, first_err[-3000:]
