@@ -222,10 +222,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                                                          optimizer.transform))(jax.random.key(tcfg.seed))
     checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity)
     run = RunState()
-    logger = reporting.Logger(workdir, enabled=jax.process_index() == 0)
-    with contextlib.closing(checkpoints), contextlib.closing(logger):
-        if checkpoints.latest_step() is not None:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.closing(checkpoints))
+        resuming = checkpoints.latest_step() is not None
+        if resuming:  # checked before anything is written into the workdir
             changes = _check_resume(checkpoints, identity, bool(tcfg.get("allow_resume_change", False)))
+        logger = stack.enter_context(contextlib.closing(reporting.Logger(workdir, enabled=jax.process_index() == 0)))
+        if resuming:
             state, run = checkpoints.restore(state)
             log(f"resuming from {workdir / CHECKPOINTS} at step {int(state.step)} "
                 f"(epoch {run.epoch} of {tcfg.epochs} done)"

@@ -241,6 +241,7 @@ def test_resume_with_another_config_or_dataset_is_refused(done_run, tiny_dataset
     workdir = _copy(done_run[0], tmp_path)
     config = done_run[1]
     before = (workdir / "config.json").read_text()
+    events = sorted(p.name for p in (workdir / "tensorboard").iterdir())
     changed = tiny_config(config.data.data_dir, **{"train.epochs": 2, "optim.lr": 0.01, "model.n_embd": 48})
     with pytest.raises(WorkdirError) as refused:
         train_and_evaluate(changed, workdir)
@@ -248,7 +249,8 @@ def test_resume_with_another_config_or_dataset_is_refused(done_run, tiny_dataset
     assert "config.optim.lr: 0.005 in the workdir, 0.01 now" in message
     assert "config.model.n_embd: 32 in the workdir, 48 now" in message
     assert "allow_resume_change" in message
-    assert (workdir / "config.json").read_text() == before  # nothing overwritten
+    assert (workdir / "config.json").read_text() == before  # nothing overwritten, nothing added
+    assert sorted(p.name for p in (workdir / "tensorboard").iterdir()) == events
     other_data = tiny_config(tiny_datasets[1], **{"train.epochs": 2, "train.keep_checkpoints": 1})
     with pytest.raises(WorkdirError, match="dataset split:train"):
         train_and_evaluate(other_data, workdir)
@@ -309,3 +311,34 @@ def test_disk_full_while_saving_is_a_named_error_and_the_rerun_resumes(done_run,
     monkeypatch.setattr(ocp.CheckpointManager, "save", original)
     assert train_and_evaluate(longer, workdir)["epochs"] == 3
     assert [r["epoch"] for r in json.loads((workdir / "history.json").read_text())] == [1, 2, 3]
+
+
+def test_a_run_in_another_process_holds_the_workdir(done_run, tmp_path):
+    """Two `pthnet train` processes on one workdir: the second is refused, naming the first."""
+    import subprocess
+    import sys
+    import time
+
+    workdir = _copy(done_run[0], tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap_dedent(f"""
+        import time
+        from pthnet_jax.workdir import WorkdirLock
+        with WorkdirLock(__import__('pathlib').Path({str(workdir)!r})):
+            print('locked', flush=True)
+            time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirError, match=f"in use by process {holder.pid}"):
+            train_and_evaluate(done_run[1], workdir)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert train_and_evaluate(done_run[1], workdir)["epochs"] == 2  # its lock died with it
+
+
+def textwrap_dedent(text):
+    import textwrap
+
+    return textwrap.dedent(text)
