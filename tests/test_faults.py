@@ -276,7 +276,9 @@ def test_full_disk_is_a_message_and_a_rerun_after_freeing_space_resumes(tiny_dat
         pytest.skip("cannot mount a tmpfs here (unshare -rm); the simulated ENOSPC is in test_reliability.py")
     workdir, out, small_data = tmp_path / "small", tmp_path / "out", tmp_path / "small-data"
     workdir.mkdir(), out.mkdir(), small_data.mkdir()
-    size = os.environ.get("PTHNET_TEST_FULL_DISK_SIZE", "600k")
+    # A step checkpoint of the tiny run takes ~1.1 MB and best/ ~0.4 MB: epoch 1 fits, epoch 2's
+    # checkpoint does not (while step 5 is still kept).
+    size = os.environ.get("PTHNET_TEST_FULL_DISK_SIZE", "2200k")
     command = [sys.executable, __file__]
     root = next(p for p in Path(tiny_datasets[0]).parents if (p / "root").is_dir()) / "root"
     script = textwrap.dedent(f"""
@@ -305,6 +307,9 @@ def test_full_disk_is_a_message_and_a_rerun_after_freeing_space_resumes(tiny_dat
     assert (out / "first.rc").read_text().strip() == "2", first_err[-3000:]
     assert "Traceback" not in first_err and "No space left on device" in first_err, first_err[-3000:]
     assert str(workdir) in first_err
+    if f"{workdir}/checkpoints/10:" in first_err:  # the expected point: the earlier checkpoint is intact
+        listing = (out / "listing.txt").read_text().split()
+        assert "5" in listing and not any("orbax-checkpoint-tmp" in name for name in listing), listing
     second_err = (out / "second.err").read_text()
     assert (out / "second.rc").read_text().strip() == "0", second_err[-3000:]
     _assert_same_run(out / "workdir", reference_run)
