@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pthnet_jax.models.pthnet import ModelConfig, abstract_variables
+from pthnet_jax.orbax_errors import QuietOrbaxErrors, describe_failure
 
 FORMAT = "pthnet-jax"
 FORMAT_VERSION = 1
@@ -216,7 +217,7 @@ class TrainCheckpoints:
                       "partial": run.partial if interrupted else {}, **self.identity}
         items = save_args(state.params, model_config, provenance)
         items[TRAIN_STATE_ITEM] = ocp.args.StandardSave(state)
-        quiet = _QuietOrbaxErrors()  # we report a failed save ourselves, in one line
+        quiet = QuietOrbaxErrors()  # we report a failed save ourselves, in one line
         try:
             with quiet:
                 self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -225,7 +226,7 @@ class TrainCheckpoints:
             quiet.keep()
             self._remove_unfinished(step)
             raise CheckpointError(f"{self.step_dir(step)}: could not save the checkpoint of step {step} "
-                                  f"({_describe(err)}); the earlier checkpoints are intact: free space "
+                                  f"({describe_failure(err)}); the earlier checkpoints are intact: free space "
                                   "or fix the permissions, then run the same command again to resume") from err
         if best:
             self._replace_best(state.params, model_config, provenance)
@@ -317,7 +318,7 @@ class TrainCheckpoints:
             if jax.process_index() == 0:
                 remove_path(staging)
             raise CheckpointError(f"{self.workdir / BEST}: could not write the best checkpoint "
-                                  f"({_describe(err)}); the run's checkpoints are intact and a re-run "
+                                  f"({describe_failure(err)}); the run's checkpoints are intact and a re-run "
                                   "rebuilds it") from err
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("pthnet best: swapped")
@@ -327,78 +328,5 @@ class TrainCheckpoints:
         self.manager.close()
 
 
-class _QuietOrbaxErrors:
-    """While a save runs, drop Orbax's own ERROR logs (a traceback per failed background write):
-    the failure reaches `save`, which reports it once, naming the path. After a failure (`keep`),
-    also drop the "Event loop is closed" tracebacks that TensorStore callbacks of the aborted save
-    print later, and keep the log filter: the run ends with our message."""
-
-    def __init__(self):
-        import logging
-
-        self.logger = logging.getLogger("absl")
-        self.kept = False
-
-    @staticmethod
-    def filter(record) -> bool:
-        import logging
-
-        return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
-
-    def __enter__(self):
-        self.logger.addFilter(self.filter)
-        return self
-
-    def __exit__(self, *exc):
-        if not self.kept:
-            self.logger.removeFilter(self.filter)
-
-    def keep(self) -> None:
-        import sys
-
-        self.kept = True
-        previous = sys.excepthook
-
-        def hook(kind, value, tb):
-            if kind is RuntimeError and "Event loop is closed" in str(value):
-                return
-            previous(kind, value, tb)
-
-        sys.excepthook = hook
-        import threading
-
-        previous_thread_hook = threading.excepthook
-
-        def thread_hook(args):
-            if args.exc_type is RuntimeError and "Event loop is closed" in str(args.exc_value):
-                return
-            previous_thread_hook(args)
-
-        threading.excepthook = thread_hook
-        previous_unraisable = sys.unraisablehook
-
-        def unraisable(args):
-            if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
-                return
-            previous_unraisable(args)
-
-        sys.unraisablehook = unraisable
-
-
 def _finalized_steps(directory: Path) -> set[int]:
     return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.is_dir() else set()
-
-
-def _describe(err: BaseException) -> str:
-    """The OS-level reason of an error from Orbax/TensorStore (disk full...), or the error itself."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return f"{cause.strerror}{f': {cause.filename}' if cause.filename else ''}"
-        cause = cause.__cause__ or cause.__context__
-    text = str(err)
-    for marker in ("No space left on device", "Permission denied", "Read-only file system",
-                   "Disk quota exceeded"):
-        if marker in text:
-            return marker
-    return f"{type(err).__name__}: {text[:500]}"
