@@ -47,18 +47,21 @@ class Predictor:
                                          parallel.split_for_devices(step_valid))
                        for step_indices, step_valid in zip(indices, valid)]
             for step_indices, step_valid, logits in zip(indices, valid, outputs):
-                collected_index.append(step_indices[step_valid])
-                collected_logits.append(np.asarray(logits).reshape(len(step_indices), -1)[step_valid])
+                # Padded rows stay (index -1): every process must gather arrays of one shape.
+                collected_index.append(np.where(step_valid, step_indices.astype(np.int64), -1))
+                collected_logits.append(np.asarray(logits).reshape(len(step_indices), -1))
         else:
             for batch in iterate_batches(split, train=False, global_batch=batch_size, mode="streaming",
                                          max_len=self.model.config.max_len, levels=("H",),
                                          num_devices=devices, clip_subset=ids):
                 logits = np.asarray(self._batch_fn(replicated, parallel.shard(batch)))
                 keep = batch["valid"].reshape(-1)
-                collected_index.append(batch["index"].reshape(-1)[keep])
-                collected_logits.append(logits.reshape(keep.shape[0], -1)[keep])
+                collected_index.append(np.where(keep, batch["index"].reshape(-1).astype(np.int64), -1))
+                collected_logits.append(logits.reshape(keep.shape[0], -1))
         index = parallel.all_gather_hosts(np.concatenate(collected_index))
         logits = parallel.all_gather_hosts(np.concatenate(collected_logits))
+        real = index >= 0
+        index, logits = index[real], logits[real]
         order = np.argsort(index, kind="stable")
         index, logits = index[order], logits[order]
         if not np.array_equal(index, np.sort(ids)):
