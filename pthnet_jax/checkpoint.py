@@ -21,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from pthnet_jax.models.pthnet import ModelConfig, abstract_variables
+from pthnet_jax.orbax_errors import QuietOrbaxErrors, describe_failure
 
 FORMAT = "pthnet-jax"
 FORMAT_VERSION = 1
@@ -54,10 +55,30 @@ def save_checkpoint(path: str | os.PathLike, params: Any, model_config: ModelCon
     path = Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(path, ocp.args.Composite(**save_args(params, model_config, provenance,
-                                                                torch_extra)))
+    remove_unfinished_saves(path)
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+            checkpointer.save(path, ocp.args.Composite(**save_args(params, model_config, provenance,
+                                                                    torch_extra)))
+    except BaseException:
+        remove_unfinished_saves(path)  # a failed save (disk full...) leaves nothing behind
+        raise
     return path
+
+
+def remove_unfinished_saves(path: Path) -> list[Path]:
+    """Remove Orbax's temporary directories of `path` (`PATH.orbax-checkpoint-tmp-*`): what a writer
+    killed mid-save left behind. Called before writing `path` again (process 0 only)."""
+    import jax
+
+    from pthnet_jax.fsutil import remove_path
+
+    if jax.process_index() != 0 or not path.parent.is_dir():
+        return []
+    leftovers = list(path.parent.glob(f"{path.name}.orbax-checkpoint-tmp*"))
+    for leftover in leftovers:
+        remove_path(leftover)
+    return leftovers
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -96,10 +117,17 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
             params = checkpointer.restore(path / PARAMS_ITEM, target)
         except (ValueError, KeyError, FileNotFoundError) as err:
             raise CheckpointError(f"{path / PARAMS_ITEM}: parameters do not match the model config "
-                                  f"{config}: {err}") from err
+                                  f"{config}: {str(err)[:600]}") from err
+        except Exception as err:  # noqa: BLE001 - TensorStore errors of damaged files
+            raise CheckpointError(f"{path / PARAMS_ITEM}: cannot be read ({type(err).__name__}: "
+                                  f"{str(err)[:600]}); the checkpoint is damaged") from err
         extra: dict[str, np.ndarray] = {}
         if (path / EXTRA_ITEM).is_dir():
-            extra = {k: np.asarray(v) for k, v in checkpointer.restore(path / EXTRA_ITEM).items()}
+            try:
+                extra = {k: np.asarray(v) for k, v in checkpointer.restore(path / EXTRA_ITEM).items()}
+            except Exception as err:  # noqa: BLE001
+                raise CheckpointError(f"{path / EXTRA_ITEM}: cannot be read ({type(err).__name__}: "
+                                      f"{str(err)[:600]}); the checkpoint is damaged") from err
     return config, {"params": params}, info, extra
 
 
@@ -113,23 +141,35 @@ TRAIN_STATE_ITEM = "train_state"
 
 @dataclasses.dataclass
 class RunState:
-    """Bookkeeping saved with every checkpoint (in the `pthnet` JSON item)."""
+    """Bookkeeping saved with every checkpoint (in the `pthnet` JSON item).
+
+    Everything a workdir shows about finished epochs (`history.json`, `best/`, TensorBoard, the
+    curves, `summary.json`) is derived from this, so a run killed between a checkpoint and those
+    files repairs them on resume (`TrainCheckpoints.ensure_best`, `reporting.Logger.sync`).
+    """
 
     epoch: int = 0  # epochs completed
     history: list = dataclasses.field(default_factory=list)
     best: dict = dataclasses.field(default_factory=dict)
+    # An epoch stopped mid-way: {"epoch", "step", "totals" (running metric sums), "seconds"}, so the
+    # resumed epoch's record covers all its steps.
+    partial: dict = dataclasses.field(default_factory=dict)
 
 
 class TrainCheckpoints:
-    """The checkpoints of one training run: every epoch (keep the last `keep`) and `best/`.
+    """The checkpoints of one training run: every epoch (keep the last `keep`, and always the best
+    epoch's step, from which `best/` can be rebuilt) and `best/`.
 
-    Every process of a multi-process run calls every method (the saves are collective); only
-    process 0 moves `best/` into place.
+    Every process of a multi-process run calls every method (the saves and deletions are
+    collective); only process 0 moves `best/` into place. `identity` (config and dataset
+    fingerprint) is saved with every step so that a resume can check it runs the same experiment.
     """
 
-    def __init__(self, workdir: str | os.PathLike, keep: int):
+    def __init__(self, workdir: str | os.PathLike, keep: int, identity: Mapping[str, Any] | None = None):
         self.workdir = Path(workdir).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
+        self.keep = max(1, int(keep))
+        self.identity = dict(identity or {})
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.workdir / CHECKPOINTS, options=options,
                                              item_names=(PARAMS_ITEM, INFO_ITEM, TRAIN_STATE_ITEM))
@@ -137,28 +177,122 @@ class TrainCheckpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def step_dir(self, step: int) -> Path:
+        return self.workdir / CHECKPOINTS / str(step)
+
+    def latest_info(self) -> dict[str, Any]:
+        """The `pthnet` JSON item of the latest step (CheckpointError when it is unreadable)."""
+        return read_info(self.step_dir(self.manager.latest_step()))
+
     def restore(self, state: Any) -> tuple[Any, RunState]:
         """The latest step's train state (restored against `state`'s tree) and its bookkeeping."""
         import jax
 
+        step = self.manager.latest_step()
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = self.manager.restore(self.manager.latest_step(), args=ocp.args.Composite(
-            **{TRAIN_STATE_ITEM: ocp.args.StandardRestore(target), INFO_ITEM: ocp.args.JsonRestore()}))
-        info = restored[INFO_ITEM]["provenance"]
-        return restored[TRAIN_STATE_ITEM], RunState(info["epoch"], info["history"], info["best"])
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                **{TRAIN_STATE_ITEM: ocp.args.StandardRestore(target), INFO_ITEM: ocp.args.JsonRestore()}))
+            info = restored[INFO_ITEM]["provenance"]
+            run = RunState(int(info["epoch"]), list(info["history"]), dict(info["best"]),
+                           dict(info.get("partial") or {}))
+        except Exception as err:  # noqa: BLE001 - Orbax/TensorStore raise many kinds; name the path
+            raise CheckpointError(f"{self.step_dir(step)}: cannot restore this checkpoint into the "
+                                  f"model and optimiser of this run ({type(err).__name__}: {err}). It is "
+                                  "damaged or from another config: move it away to resume from the "
+                                  "previous step, or use another --workdir") from err
+        return restored[TRAIN_STATE_ITEM], run
 
     def save(self, state: Any, model_config: ModelConfig, run: RunState, *, best: bool = False,
              interrupted: bool = False) -> None:
-        """A step directory with `params`, `pthnet` and `train_state`; and `best/` when `best`."""
-        provenance = {"source": "pthnet-jax training", "run": str(self.workdir), "step": int(state.step),
+        """A step directory with `params`, `pthnet` and `train_state`; and `best/` when `best`.
+
+        A failure (disk full, permissions) raises CheckpointError naming the directory, removes the
+        half-written step and leaves the earlier checkpoints as they were.
+        """
+        step = int(state.step)
+        provenance = {"source": "pthnet-jax training", "run": str(self.workdir), "step": step,
                       "epoch": run.epoch, "history": run.history, "best": run.best,
-                      "best_acc": run.best.get("value"), "interrupted": interrupted}
+                      "best_acc": run.best.get("value"), "interrupted": interrupted,
+                      "partial": run.partial if interrupted else {}, **self.identity}
         items = save_args(state.params, model_config, provenance)
         items[TRAIN_STATE_ITEM] = ocp.args.StandardSave(state)
-        self.manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)
-        self.manager.wait_until_finished()
+        quiet = QuietOrbaxErrors()  # we report a failed save ourselves, in one line
+        try:
+            with quiet:
+                self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+                self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001
+            quiet.keep()
+            self._remove_unfinished(step)
+            raise CheckpointError(f"{self.step_dir(step)}: could not save the checkpoint of step {step} "
+                                  f"({describe_failure(err)}); the earlier checkpoints are intact: free space "
+                                  "or fix the permissions, then run the same command again to resume") from err
         if best:
             self._replace_best(state.params, model_config, provenance)
+        self._prune(run)
+
+    def _remove_unfinished(self, step: int) -> None:
+        import jax
+
+        from pthnet_jax.fsutil import remove_path
+
+        if jax.process_index() != 0:
+            return
+        for path in (self.workdir / CHECKPOINTS).glob(f"{step}.orbax-checkpoint-tmp*"):
+            remove_path(path)
+        if step not in _finalized_steps(self.workdir / CHECKPOINTS):
+            remove_path(self.step_dir(step))
+
+    def _prune(self, run: RunState) -> None:
+        """Keep the last `keep` steps and the best epoch's step; delete the others."""
+        steps = sorted(self.manager.all_steps())
+        keep = set(steps[-self.keep:])
+        if run.best.get("step") is not None:
+            keep.add(int(run.best["step"]))
+        for step in steps:
+            if step not in keep:
+                self.manager.delete(step)
+
+    def best_is_current(self, run: RunState) -> bool:
+        """`best/` holds the step `run.best` names (or there is no best yet)."""
+        want = run.best.get("step")
+        if want is None:
+            return True
+        try:
+            return read_info(self.workdir / BEST)["provenance"].get("step") == want
+        except (CheckpointError, KeyError, AttributeError):
+            return False
+
+    def ensure_best(self, run: RunState) -> str | None:
+        """Re-create `best/` from the best epoch's step when a kill left it missing or stale.
+
+        Returns what was done (for the log), or None when `best/` was already right.
+        """
+        import jax
+
+        from pthnet_jax.fsutil import remove_stale_staging
+
+        current = self.best_is_current(run)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            current = bool(multihost_utils.broadcast_one_to_all(np.int32(current)))
+        if jax.process_index() == 0:
+            remove_stale_staging(self.workdir / BEST)
+        if current:
+            return None
+        step = int(run.best["step"])
+        if step not in self.manager.all_steps():
+            return (f"warning: {self.workdir / BEST} does not hold the best epoch {run.best.get('epoch')} "
+                    f"(step {step}) and that step's checkpoint is gone; it cannot be rebuilt")
+        info = read_info(self.step_dir(step))
+        config = ModelConfig.from_dict(info["model_config"])
+        target = abstract_variables(config)["params"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            **{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
+        self._replace_best(restored[PARAMS_ITEM], config, info["provenance"])
+        return f"rebuilt {self.workdir / BEST} from the checkpoint of the best epoch {run.best.get('epoch')}"
 
     def _replace_best(self, params: Any, model_config: ModelConfig, provenance: Mapping[str, Any]) -> None:
         """Write the new best beside the old one, then swap: a crash leaves one complete copy.
@@ -176,12 +310,23 @@ class TrainCheckpoints:
             remove_path(staging)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("pthnet best: staging clean")
-        save_checkpoint(staging, params, model_config, provenance)
-        if jax.process_index() == 0:
-            swap_in(staging, self.workdir / BEST)
+        try:
+            save_checkpoint(staging, params, model_config, provenance)
+            if jax.process_index() == 0:
+                swap_in(staging, self.workdir / BEST)
+        except Exception as err:  # noqa: BLE001
+            if jax.process_index() == 0:
+                remove_path(staging)
+            raise CheckpointError(f"{self.workdir / BEST}: could not write the best checkpoint "
+                                  f"({describe_failure(err)}); the run's checkpoints are intact and a re-run "
+                                  "rebuilds it") from err
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("pthnet best: swapped")
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _finalized_steps(directory: Path) -> set[int]:
+    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.is_dir() else set()

@@ -85,7 +85,12 @@ class ResidentRunner:
 
     def __init__(self, spec: EpochSpec, split, model, optimizer):
         self.spec = spec
-        self.resident = resident_features(split)
+        try:
+            self.resident = resident_features(split)
+        except Exception as err:  # noqa: BLE001 - array_record / TFDS decoding errors of a damaged shard
+            raise TrainingError(f"{split.dataset_dir}: the records of split {split.name!r} cannot be read "
+                                f"({type(err).__name__}: {str(err)[:300]}); the dataset is damaged: "
+                                "import it again") from err
         self.chunk_fn = steps.pmapped(steps.train_chunk, donate_state=True, model=model, optimizer=optimizer,
                                       seed=spec.seed, max_len=spec.max_len, noise_std=spec.noise_std)
 

@@ -62,6 +62,24 @@ def remove_stale_staging(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove `atomic_path` temporaries (`.NAME.tmp-PID[.SUFFIX]`) in `directory` whose writer is gone."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for candidate in directory.iterdir():
+        name = candidate.name
+        if not name.startswith(".") or ".tmp-" not in name or not candidate.is_file():
+            continue
+        pid = name.rpartition(".tmp-")[2].split(".")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` when the block succeeds.

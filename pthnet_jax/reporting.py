@@ -16,12 +16,76 @@ from pthnet_jax.checkpoint import BEST
 from pthnet_jax.fsutil import atomic_write, atomic_write_json, save_figure
 
 
-def enable_compilation_cache() -> None:
-    """Persist compiled XLA programs (the first compile of the training step takes a while on CPU)."""
+def enable_compilation_cache() -> list[Path]:
+    """Persist compiled XLA programs (the first compile of the training step takes a while on CPU).
+
+    JAX writes a cache entry in place (no temporary name), so a process killed while writing one
+    leaves a truncated entry that every later run would fail to read, warn about and recompile,
+    without ever replacing it (JAX skips a key whose file exists). Unreadable entries are removed
+    here first, so the next compile writes them anew; returns the removed files.
+    """
     cache = os.environ.get("PTHNET_COMPILATION_CACHE", str(Path.home() / ".cache" / "pthnet-jax" / "xla"))
+    removed: list[Path] = []
     if cache and cache != "0":
+        removed = remove_damaged_cache_entries(Path(cache))
         jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    return removed
+
+
+_VERIFIED = ".pthnet-verified.json"
+
+
+def remove_damaged_cache_entries(cache: Path) -> list[Path]:
+    """Delete `*-cache` entries of JAX's persistent compilation cache that do not decompress.
+
+    Entries are `<key>-cache` files holding the compressed (compile time, executable); the check
+    decompresses each entry once and remembers (name, size, mtime) of the good ones in
+    `.pthnet-verified.json`, so a warm cache costs a `stat` per entry afterwards.
+    """
+    try:
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:  # another JAX layout: leave the cache alone
+        return []
+    if not cache.is_dir():
+        return []
+    import json
+
+    verified_file = cache / _VERIFIED
+    try:
+        verified = json.loads(verified_file.read_text())
+        if not isinstance(verified, dict):
+            verified = {}
+    except (OSError, ValueError):
+        verified = {}
+    removed, good, changed = [], {}, False
+    for entry in sorted(cache.glob("*-cache")):
+        try:
+            stat = entry.stat()
+            mark = [stat.st_size, stat.st_mtime_ns]
+            if verified.get(entry.name) == mark:
+                good[entry.name] = mark
+                continue
+            changed = True
+            data = entry.read_bytes()
+            if len(decompress_executable(data)) <= 8:  # 8 bytes of compile time, then the executable
+                raise ValueError("empty entry")
+            good[entry.name] = mark
+        except OSError:
+            continue  # vanished or unreadable by us: not ours to judge
+        except Exception:  # noqa: BLE001 - zlib.error / zstd errors: a truncated or damaged entry
+            try:
+                entry.unlink()
+                entry.with_name(entry.name.removesuffix("-cache") + "-atime").unlink(missing_ok=True)
+                removed.append(entry)
+            except OSError:
+                pass
+    if changed or len(good) != len(verified):
+        try:
+            atomic_write(verified_file, json.dumps(good))
+        except OSError:
+            pass
+    return removed
 
 
 def save_run_files(workdir: Path, config) -> None:
@@ -80,19 +144,31 @@ class StepTrace:
 class EpochProgress:
     """A tqdm bar per epoch with loss, accuracy, clips/s and ETA."""
 
-    def __init__(self, epoch: int, epochs: int, steps: int, first: int, global_batch: int, enabled: bool):
+    def __init__(self, epoch: int, epochs: int, steps: int, first: int, global_batch: int, enabled: bool,
+                 resume: dict | None = None):
+        """`resume`: the `snapshot()` of this epoch's steps before `first` (a run resumed mid-epoch),
+        so the epoch's record covers all of its steps."""
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                         disable=not enabled, dynamic_ncols=True, leave=True)
         self.totals = {"total": 0.0, "ce": 0.0, "correct": 0.0, "count": 0.0}
+        self.earlier_seconds = 0.0
+        if resume:
+            self.totals.update({k: float(v) for k, v in resume["totals"].items() if k in self.totals})
+            self.earlier_seconds = float(resume.get("seconds", 0.0))
         self.started = time.perf_counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The running sums so far (saved with a mid-epoch checkpoint)."""
+        return {"totals": dict(self.totals),
+                "seconds": self.earlier_seconds + time.perf_counter() - self.started}
 
     def update(self, metrics: dict[str, np.ndarray]) -> None:
         for key in self.totals:
             self.totals[key] += float(np.sum(metrics[key]))
         count = max(self.totals["count"], 1.0)
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.earlier_seconds + time.perf_counter() - self.started
         self.bar.set_postfix(loss=f"{self.totals['total'] / count:.4f}",
                              acc=f"{100 * self.totals['correct'] / count:.2f}",
                              clips_s=f"{self.totals['count'] / max(elapsed, 1e-9):.0f}", refresh=False)
@@ -101,7 +177,7 @@ class EpochProgress:
     def close(self) -> dict[str, float]:
         self.bar.close()
         count = max(self.totals["count"], 1.0)
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.earlier_seconds + time.perf_counter() - self.started
         return {"train_loss": self.totals["total"] / count, "train_ce": self.totals["ce"] / count,
                 "train_accuracy": 100 * self.totals["correct"] / count,
                 "train_clips_per_s": self.totals["count"] / max(elapsed, 1e-9), "epoch_seconds": elapsed}
@@ -118,9 +194,7 @@ class Logger:
 
             self.writer = SummaryWriter(str(workdir / "tensorboard"))
 
-    def epoch(self, record: dict[str, Any], run) -> None:
-        if not self.enabled:
-            return
+    def _events(self, record: dict[str, Any]) -> None:
         step = record["step"]
         for key in ("train_loss", "train_ce", "train_accuracy", "train_clips_per_s", "lr"):
             self.writer.add_scalar(f"train/{key.removeprefix('train_')}", record[key], step)
@@ -128,6 +202,46 @@ class Logger:
             for metric, value in record.get(split, {}).items():
                 self.writer.add_scalar(f"{split}/{metric}", value, step)
         self.writer.flush()
+
+    def sync(self, history: list[dict[str, Any]]) -> list[int]:
+        """Bring `history.json`, the TensorBoard events and the curves up to `history` (the one saved
+        in the checkpoint) after a kill left them behind; returns the epochs that were missing.
+
+        The events of an epoch are written before its `history.json`, so an epoch absent from the
+        file may lack its events: they are written (again) for those epochs.
+        """
+        if not self.enabled:
+            return []
+        path = self.workdir / "history.json"
+        try:
+            import json
+
+            on_disk = json.loads(path.read_text())
+            on_disk = on_disk if isinstance(on_disk, list) else []
+        except (OSError, ValueError):
+            on_disk = []
+        logged = {r.get("epoch"): r for r in on_disk if isinstance(r, dict)}
+        # An epoch's save time is measured after its checkpoint is written, so only history.json has
+        # it for the latest epoch: compare without it, and keep it.
+        merged = [logged[r["epoch"]] if _same_record(logged.get(r["epoch"]), r) else r for r in history]
+        if merged == on_disk:
+            return []
+        missing = [r["epoch"] for r in history if not _same_record(logged.get(r["epoch"]), r)]
+        for record in history:
+            if record["epoch"] in missing:
+                self._events(record)
+        history = merged
+        atomic_write_json(path, history, indent=1)
+        if history:
+            plot_curves(history, self.workdir / "training_curves.png")
+        elif (self.workdir / "training_curves.png").exists():
+            (self.workdir / "training_curves.png").unlink()
+        return missing
+
+    def epoch(self, record: dict[str, Any], run) -> None:
+        if not self.enabled:
+            return
+        self._events(record)
         line = " | ".join([f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
                            f"train acc {record['train_accuracy']:.2f}"] +
                           [f"{split} UAR {record[split]['UAR']:.2f} WAR {record[split]['WAR']:.2f}"
@@ -139,6 +253,12 @@ class Logger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _same_record(a: Any, b: dict[str, Any]) -> bool:
+    if not isinstance(a, dict):
+        return False
+    return {k: v for k, v in a.items() if k != "save_seconds"} == {k: v for k, v in b.items() if k != "save_seconds"}
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import time
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,17 @@ import ml_collections
 import numpy as np
 
 from pthnet_jax import parallel, reporting, steps
-from pthnet_jax.checkpoint import CHECKPOINTS, RunState, TrainCheckpoints
+from pthnet_jax.checkpoint import CHECKPOINTS, CheckpointError, RunState, TrainCheckpoints
+from pthnet_jax.config_check import ConfigError, validate_config  # noqa: F401 - ConfigError re-exported
 from pthnet_jax.data import batch_plan, choose_mode, epoch_order, open_split
 from pthnet_jax.epochs import EpochSpec, StopOnSignal, TrainingError, make_runner, run_epoch
 from pthnet_jax.evaluation import Predictor
 from pthnet_jax.metrics import classification_metrics
 from pthnet_jax.models.pthnet import ModelConfig, PTHNet, count_params, init_variables
+from pthnet_jax.fsutil import remove_stale_temp_files
 from pthnet_jax.optim import make_optimizer
+from pthnet_jax.workdir import (WorkdirError, WorkdirLock, check_workdir_path, dataset_fingerprint,
+                                identity_differences, run_identity)
 
 
 def model_config_from(config: ml_collections.ConfigDict, dataset_classes: int | None = None) -> ModelConfig:
@@ -87,8 +92,8 @@ def _open_data(config: ml_collections.ConfigDict) -> _Data:
     try:
         train_split = open_split(dcfg.data_dir, dcfg.train_split)
         test_split = open_split(dcfg.data_dir, dcfg.test_split)
-    except (FileNotFoundError, KeyError) as err:
-        raise TrainingError(f"data directory {dcfg.data_dir}: {err}") from err
+    except (FileNotFoundError, KeyError, ValueError) as err:  # ValueError: DatasetError (damaged)
+        raise TrainingError(f"data directory {dcfg.data_dir}: {err.args[0] if err.args else err}") from err
     train_ids = np.arange(train_split.num_clips)
     eval_sets = {"test": (test_split, None)}
     if tcfg.select_on == "val":
@@ -128,17 +133,85 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Train per `config`, writing checkpoints, logs and plots into `workdir`; returns the summary.
 
     A SIGTERM stops every process at the same step once the device calls already dispatched are
-    done; the state is saved and the result is `{"interrupted": True, "step": ...}`.
+    done; the state is saved and the result is `{"interrupted": True, "step": ...}`. Every failure
+    a user can cause or meet (bad config, damaged data or checkpoint, a full disk, a workdir in use
+    or from another run) is a `TrainingError` whose message names the key or the path.
     """
     config = ml_collections.ConfigDict(config.to_dict())  # never mutate the caller's config
+    validate_config(config)
     workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        check_workdir_path(workdir)
+        with _workdir_lock(workdir):
+            return _train(config, workdir)
+    except CheckpointError as err:
+        raise TrainingError(str(err)) from err
+    except OSError as err:
+        raise TrainingError(describe_os_error(err, workdir)) from err
+
+
+def describe_os_error(err: OSError, workdir: Path) -> str:
+    where = err.filename or workdir
+    text = f"{where}: {err.strerror or err}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        text += " (the disk is full: free space and run the same command again; it resumes from the last complete checkpoint)"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        text += " (no permission to write there: fix it or choose another --workdir)"
+    return text
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: Path):
+    """Process 0 holds the workdir's lock; every process learns whether it got it."""
+    lock = WorkdirLock(workdir, enabled=jax.process_index() == 0)
+    refusal = None
+    try:
+        lock.acquire()
+    except WorkdirError as err:
+        refusal = err
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
+        if refused and refusal is None:
+            lock.release()
+            raise WorkdirError(f"{workdir} is in use by another run (process 0 could not lock it)")
+    if refusal is not None:
+        raise refusal
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _check_resume(checkpoints: TrainCheckpoints, identity: dict[str, Any], allow_change: bool) -> list[str]:
+    """Refuse to resume a workdir whose saved config or dataset differs (unless allowed)."""
+    try:
+        saved = checkpoints.latest_info().get("provenance", {})
+    except CheckpointError as err:
+        raise WorkdirError(f"cannot resume: {err}") from err
+    if "config" not in saved:
+        return ["(the latest checkpoint predates config checks: not compared)"]
+    differences = identity_differences(saved, identity)
+    if differences and not allow_change:
+        raise WorkdirError(
+            f"{checkpoints.workdir} holds a run with another config or dataset; resuming it would mix "
+            "two runs:\n  " + "\n  ".join(differences) + "\nUse another --workdir, or pass "
+            "--config.train.allow_resume_change=True to resume with these changes knowingly")
+    return differences
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    if jax.process_index() == 0:
+        remove_stale_temp_files(workdir)
     reporting.enable_compilation_cache()
     tcfg = config.train
     data = _open_data(config)
     model_cfg = model_config_from(config, data.train.num_classes)
     _check_model_fits_data(model_cfg, data.train)
     spec = _epoch_spec(config, data, model_cfg)
+    identity = run_identity(config, dataset_fingerprint({"train": data.train,
+                                                         **{n: s for n, (s, _) in data.eval_sets.items()}}))
 
     model = PTHNet(model_cfg, dtype=compute_dtype(config))
     optimizer = make_optimizer(lr=config.optim.lr, momentum=config.optim.momentum,
@@ -147,13 +220,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # One compiled program: initialising eagerly compiles hundreds of tiny ones (seconds on CPU).
     state = jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"],
                                                          optimizer.transform))(jax.random.key(tcfg.seed))
-    checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints)
+    checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity)
     run = RunState()
-    if checkpoints.latest_step() is not None:
-        state, run = checkpoints.restore(state)
-        log(f"resuming from {workdir / CHECKPOINTS} at step {int(state.step)} "
-            f"(epoch {run.epoch} of {tcfg.epochs} done)")
-    reporting.save_run_files(workdir, config)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.closing(checkpoints))
+        resuming = checkpoints.latest_step() is not None
+        if resuming:  # checked before anything is written into the workdir
+            changes = _check_resume(checkpoints, identity, bool(tcfg.get("allow_resume_change", False)))
+        logger = stack.enter_context(contextlib.closing(reporting.Logger(workdir, enabled=jax.process_index() == 0)))
+        if resuming:
+            state, run = checkpoints.restore(state)
+            log(f"resuming from {workdir / CHECKPOINTS} at step {int(state.step)} "
+                f"(epoch {run.epoch} of {tcfg.epochs} done)"
+                + (" with these changes:\n  " + "\n  ".join(changes) if changes else ""))
+            if int(state.step) > tcfg.epochs * spec.steps_per_epoch:
+                raise WorkdirError(f"{workdir} holds a run at step {int(state.step)}, past the "
+                                   f"{tcfg.epochs} epoch(s) of this config; use another --workdir")
+            repaired = checkpoints.ensure_best(run)
+            if repaired:
+                log(repaired)
+            missing = logger.sync(run.history)
+            if missing:
+                log(f"rewrote history.json, TensorBoard events and curves for epoch(s) {missing} "
+                    "(the previous run was killed before writing them)")
+        reporting.save_run_files(workdir, config)
+        return _epochs(config, workdir, data, model_cfg, spec, model, optimizer, state, run, checkpoints,
+                       logger)
+
+
+def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: EpochSpec, model, optimizer,
+            state, run: RunState, checkpoints: TrainCheckpoints, logger) -> dict[str, Any]:
+    tcfg = config.train
     runner = make_runner(spec, data.train, data.train_ids, model, optimizer.transform)
     predictor = Predictor(model, mode=spec.mode, batch_size=config.eval.batch_size)
     num_params = count_params(state.params)
@@ -163,16 +260,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         f"device(s) | data {spec.mode}{f' ({spec.steps_per_call} steps per call)' if spec.mode == 'resident' else ''}"
         f" | model selection on {tcfg.select_on}")
 
-    logger = reporting.Logger(workdir, enabled=jax.process_index() == 0)
     replicated = parallel.replicate(state)
-    with StopOnSignal() as stop, contextlib.closing(checkpoints), contextlib.closing(logger):
+    with StopOnSignal() as stop:
         for epoch in range(int(state.step) // spec.steps_per_epoch, tcfg.epochs):
             order = data.train_ids[epoch_order(len(data.train_ids), seed=spec.seed, epoch=epoch, shuffle=True)]
             plan = batch_plan(order, global_batch=spec.global_batch, process_index=jax.process_index(),
                               process_count=jax.process_count())
             first = int(state.step) - epoch * spec.steps_per_epoch  # > 0 when resuming mid-epoch
+            earlier = run.partial if (first and run.partial.get("epoch") == epoch
+                                      and run.partial.get("step") == int(state.step)) else None
             progress = reporting.EpochProgress(epoch, tcfg.epochs, spec.steps_per_epoch, first,
-                                               spec.global_batch, enabled=jax.process_index() == 0)
+                                               spec.global_batch, enabled=jax.process_index() == 0,
+                                               resume=earlier)
             trace = reporting.StepTrace(workdir / "profile", spec.profile_steps,
                                         enabled=_trace_this_epoch(spec, epoch, tcfg.epochs, state))
             with trace:
@@ -180,9 +279,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                                  on_metrics=lambda m, n: (progress.update(m), trace.advance(n)))
             state = parallel.unreplicate(replicated)
             if not finished:  # stopped mid-epoch: save and stop now
+                # The running sums are global (every process reads the same all-reduced metrics).
+                run.partial = {"epoch": epoch, "step": int(state.step), **progress.snapshot()}
                 checkpoints.save(state, model_cfg, run, interrupted=True)
                 progress.close()
                 return _interrupted(stop, state, workdir)
+            run.partial = {}
             record = {"epoch": epoch + 1, "step": int(state.step),
                       "lr": float(optimizer.schedule(epoch * spec.steps_per_epoch)), **progress.close()}
             if trace.record:

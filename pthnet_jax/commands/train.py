@@ -127,7 +127,8 @@ def parse_flags(values, argv: list[str]) -> ml_collections.ConfigDict | None:
         if config is not None:
             config.to_dict()  # a file that failed to load raises only on first use: surface it here
         return config
-    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as err:
+    except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError, SyntaxError, NameError,
+            ImportError) as err:  # the last three: a config file that does not run
         raise ValueError(flag_error_text(err)) from None
 
 

@@ -103,15 +103,22 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
     tfds.disable_progress_bar()
     # Built under a staging name beside OUT (leftovers of a killed import are removed first), then
     # swapped in: OUT is either absent or complete.
-    with staged_dir(out, replace=False) as staging:
-        with _quiet_tfds():  # its messages name the staging directory; ours below names the result
-            builder = PthnetFeatures(data_dir=str(staging), config=config, file_format="array_record")
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                manual_dir=str(root), verify_ssl=False))
-        _write_indices(find_dataset_dir(staging), written)
-        if skipped:
-            (staging / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1))
-        shutil.rmtree(staging / "downloads", ignore_errors=True)
+    try:
+        with staged_dir(out, replace=False) as staging:
+            with _quiet_tfds():  # its messages name the staging directory; ours below names the result
+                builder = PthnetFeatures(data_dir=str(staging), config=config, file_format="array_record")
+                builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+                    manual_dir=str(root), verify_ssl=False))
+            _write_indices(find_dataset_dir(staging), written)
+            if skipped:
+                (staging / "skipped.json").write_text(json.dumps({"skipped": skipped}, indent=1))
+            shutil.rmtree(staging / "downloads", ignore_errors=True)
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, (FileExistsError, FileNotFoundError)) and not _is_write_failure(err):
+            raise
+        raise ImportWriteError(f"{out}: writing the dataset failed ({_os_reason(err)}); nothing was "
+                               "left behind: free space or fix the permissions, then run the same "
+                               "command again") from err
     dataset_dir = find_dataset_dir(out)
     if not quiet:
         counts = {split: len(clips) for split, (clips, _) in splits.items()}
@@ -120,6 +127,28 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
         if skipped:
             print(f"skipped clips are listed in {out / 'skipped.json'}")
     return dataset_dir
+
+
+class ImportWriteError(OSError):
+    """Writing the dataset failed at the OS level (disk full, permissions); nothing was left behind."""
+
+
+_WRITE_FAILURES = ("No space left on device", "Permission denied", "Read-only file system",
+                   "Disk quota exceeded", "File too large")
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno is not None and err.errno not in (2, 17)
+
+
+def _os_reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}{f': {err.filename}' if err.filename else ''}"
+    text = str(err)
+    for marker in _WRITE_FAILURES:
+        if marker in text:
+            return marker
+    return f"{type(err).__name__}: {text[:300]}"
 
 
 @contextlib.contextmanager
@@ -165,7 +194,7 @@ def main(argv: list[str]) -> int:
         import_features(args.dataset, args.root, args.out, lists=args.lists, fold=args.fold,
                         reverse=args.reverse, face=args.face, label_set=args.label_set,
                         skip_bad=args.skip_bad, feature_dim=args.feature_dim)
-    except (DataListError, ValueError, FileExistsError, FileNotFoundError) as err:
+    except (DataListError, ValueError, OSError) as err:  # OSError: FileExistsError, ImportWriteError...
         print(f"pthnet import-features: {err}", file=sys.stderr)
         return 2
     return 0

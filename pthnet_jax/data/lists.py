@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -98,6 +99,70 @@ def _clip_stem(path: str, level: str) -> str:
     return "/".join(p for p in parts if not p.startswith(LEVEL_FOLDERS[level]))
 
 
+# ---- .npy files without ast ------------------------------------------------------------------------
+# `np.load` parses the header with `ast.literal_eval`, and CPython 3.11's AST construction is not
+# thread-safe (python/cpython#106905: "SystemError: AST constructor recursion depth mismatch" when
+# threads parse at once). The importer reads files from a thread pool, so it parses headers here:
+# the header is a fixed-form dict literal written by `numpy.lib.format`, matched strictly.
+
+_NPY_MAGIC = b"\x93NUMPY"
+_HEADER = re.compile(
+    r"\{\s*(?:(?:'descr'\s*:\s*'(?P<descr>[<>|=]?[a-zA-Z]\d*)'|'fortran_order'\s*:\s*(?P<fortran>True|False)"
+    r"|'shape'\s*:\s*\((?P<shape>\s*(?:\d+\s*,\s*)*(?:\d+\s*)?)\))\s*,?\s*){3}\}\s*$")
+
+
+class NpyFormatError(ValueError):
+    """A file that is not a plain numeric `.npy` array."""
+
+
+def parse_npy_header(header: str) -> tuple[np.dtype, bool, tuple[int, ...]]:
+    """(dtype, fortran_order, shape) of a `.npy` header dict, or NpyFormatError."""
+    match = _HEADER.match(header)
+    if not match or None in (match["descr"], match["fortran"], match["shape"]):
+        raise NpyFormatError(f"unexpected .npy header {header.strip()[:200]!r}")
+    for key in ("descr", "fortran_order", "shape"):
+        if header.count(f"'{key}'") != 1:
+            raise NpyFormatError(f"unexpected .npy header {header.strip()[:200]!r}")
+    try:
+        dtype = np.dtype(match["descr"])
+    except TypeError as err:
+        raise NpyFormatError(f"unknown dtype {match['descr']!r} in the .npy header") from err
+    shape = tuple(int(x) for x in match["shape"].replace(",", " ").split())
+    return dtype, match["fortran"] == "True", shape
+
+
+def read_npy(path: str | Path) -> np.ndarray:
+    """A numeric `.npy` array, read without `ast` (safe from many threads) and without pickle."""
+    with open(path, "rb") as f:
+        prefix = f.read(len(_NPY_MAGIC) + 2)
+        if len(prefix) < len(_NPY_MAGIC) + 2 or not prefix.startswith(_NPY_MAGIC):
+            raise NpyFormatError("not a .npy file (bad magic string)")
+        major = prefix[-2]
+        if major not in (1, 2, 3):
+            raise NpyFormatError(f"unsupported .npy format version {major}.{prefix[-1]}")
+        length_bytes = 2 if major == 1 else 4
+        raw_length = f.read(length_bytes)
+        if len(raw_length) != length_bytes:
+            raise NpyFormatError("truncated .npy header")
+        header_length = int.from_bytes(raw_length, "little")
+        raw_header = f.read(header_length)
+        if len(raw_header) != header_length:
+            raise NpyFormatError("truncated .npy header")
+        header = raw_header.decode("latin1" if major < 3 else "utf8")
+        dtype, fortran, shape = parse_npy_header(header)
+        if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+            raise NpyFormatError(f"dtype {dtype} is not a plain numeric dtype")
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        buffer = np.empty(count * dtype.itemsize, np.uint8)
+        found = f.readinto(buffer)
+        extra = f.read(1)
+    if found != buffer.size or extra:
+        raise NpyFormatError(f"expected {buffer.size} data bytes for shape {shape} {dtype}, found "
+                             f"{found}{' and more' if extra else ''} (truncated or damaged file)")
+    array = buffer.view(dtype)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
 def load_features(root: Path, clip: Clip, level: str, list_file: Path, feature_dim: int | None) -> np.ndarray:
     """One clip's windows of one level, validated: (num_windows, D) finite float32."""
     path = root / clip.paths[level]
@@ -105,7 +170,7 @@ def load_features(root: Path, clip: Clip, level: str, list_file: Path, feature_d
     if not path.is_file():
         raise DataListError(f"{where}: feature file {path} does not exist")
     try:
-        array = np.load(path, allow_pickle=False)
+        array = read_npy(path)
     except (ValueError, OSError) as err:
         raise DataListError(f"{where}: {path} is not a readable .npy file ({err})") from err
     expected_dim = feature_dim if feature_dim is not None else "D"

@@ -1,0 +1,168 @@
+"""Config validation, in one place, before any work.
+
+`validate_config(config)` checks every field a training run reads: numbers and their ranges, the
+choices of enumerated fields, the milestones (integers, increasing, within the epochs) and the model
+fields (through `ModelConfig`). All problems are reported at once, each naming its key, as one
+`ConfigError`. Fields a config does not have keep their defaults and are not checked here.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+from pthnet_jax.epochs import TrainingError
+
+MODEL_DTYPES = ("float32", "bfloat16")
+DATA_MODES = ("auto", "resident", "streaming")
+SELECT_ON = ("test", "val")
+SELECT_METRICS = ("UAR", "WAR", "weighted_f1")
+
+
+class ConfigError(TrainingError):
+    """A config value out of range or of the wrong kind; the message names every bad key."""
+
+
+_MISSING = object()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= low), f"an integer >= {low}"
+
+
+def _number(low: float, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def check(value):
+        if not _is_number(value):
+            return False
+        ok_low = value > low if low_open else value >= low
+        ok_high = high is None or (value < high if high_open else value <= high)
+        return ok_low and ok_high
+
+    left = "(" if low_open else "["
+    right = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
+    return check, f"a finite number in {left}{low}, {right}"
+
+
+def _choice(options: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in options), "one of " + ", ".join(repr(o) for o in options)
+
+
+_BOOL = ((lambda v: isinstance(v, bool)), "True or False")
+_STRING = ((lambda v: isinstance(v, str)), "a string")
+_NONEMPTY = ((lambda v: isinstance(v, str) and bool(v)), "a non-empty string")
+
+# key -> (check, what is expected)
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model_dtype": _choice(MODEL_DTYPES),
+    "data.data_dir": _STRING,
+    "data.mode": _choice(DATA_MODES),
+    "data.noise_std": _number(0.0),
+    "data.train_split": _NONEMPTY,
+    "data.test_split": _NONEMPTY,
+    "optim.lr": _number(0.0, low_open=True),
+    "optim.momentum": _number(0.0, 1.0, high_open=True),
+    "optim.weight_decay": _number(0.0),
+    "optim.gamma": _number(0.0, low_open=True),
+    "train.epochs": _int_at_least(1),
+    "train.global_batch": _int_at_least(1),
+    "train.seed": _int_at_least(0),
+    "train.steps_per_dispatch": ((lambda v: _is_int(v) and v >= 0), "an integer >= 0 (0 = auto)"),
+    "train.select_on": _choice(SELECT_ON),
+    "train.select_metric": _choice(SELECT_METRICS),
+    "train.val_fraction": _number(0.0, 1.0, low_open=True, high_open=True),
+    "train.val_seed": _int_at_least(0),
+    "train.keep_checkpoints": _int_at_least(1),
+    "train.eval_every": _int_at_least(1),
+    "train.profile_steps": _int_at_least(0),
+    "train.allow_resume_change": _BOOL,
+    "eval.batch_size": ((lambda v: _is_int(v) and v >= 0), "an integer >= 0 (0 = auto)"),
+}
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        try:
+            node = node[part]
+        except (KeyError, AttributeError, TypeError):
+            return _MISSING
+    return node
+
+
+def config_problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Every problem of `config`, one message per key (empty when the config is fine)."""
+    problems = []
+    for key, (check, expected) in RULES.items():
+        value = _get(config, key)
+        if value is _MISSING:
+            continue
+        if not check(value):
+            problems.append(f"config.{key} must be {expected}, got {value!r}")
+    problems += _milestone_problems(_get(config, "optim.milestones"), _get(config, "train.epochs"))
+    problems += _model_problems(_get(config, "model"))
+    return problems
+
+
+def _milestone_problems(milestones: Any, epochs: Any) -> list[str]:
+    if milestones is _MISSING:
+        return []
+    expected = "a sequence of increasing epoch numbers, e.g. (5, 10, 15)"
+    if isinstance(milestones, (str, bytes)) or not hasattr(milestones, "__iter__"):
+        return [f"config.optim.milestones must be {expected}, got {milestones!r}"]
+    values = list(milestones)
+    if not all(_is_int(m) for m in values):
+        return [f"config.optim.milestones must be {expected} (integers), got {milestones!r}"]
+    if any(b <= a for a, b in zip(values, values[1:])):
+        return [f"config.optim.milestones must be strictly increasing, got {tuple(values)}"]
+    if values and _is_int(epochs) and epochs >= 1 and not (1 <= values[0] and values[-1] <= epochs):
+        return [f"config.optim.milestones must lie within 1..config.train.epochs={epochs} (the learning "
+                f"rate drops at the start of each listed epoch), got {tuple(values)}"]
+    return []
+
+
+def _model_problems(model: Any) -> list[str]:
+    if model is _MISSING:
+        return []
+    from pthnet_jax.models.pthnet import ModelConfig
+
+    fields = model.to_dict() if hasattr(model, "to_dict") else dict(model)
+    if fields.get("num_classes") == 0:  # 0: the dataset's class count, filled in later
+        fields["num_classes"] = 1
+    problems = []
+    for name in ("n_in", "n_embd", "mlp_dim", "max_len", "num_heads", "num_classes"):
+        value = fields.get(name, 1)
+        if not _is_int(value) or value < 1:
+            problems.append(f"config.model.{name} must be an integer >= 1"
+                            f"{' (0 = the dataset class count)' if name == 'num_classes' else ''}, got {value!r}")
+    for name, length in (("arch", 4), ("thr_size", 4), ("k", 3)):
+        value = fields.get(name, ())
+        if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != length or \
+                not all(_is_int(v) and v >= 0 for v in value):
+            problems.append(f"config.model.{name} must be {length} non-negative integers, got {value!r}")
+    value = fields.get("path_pdrop", 0.0)
+    if not _is_number(value) or not 0.0 <= value < 1.0:
+        problems.append(f"config.model.path_pdrop must be a finite number in [0, 1), got {value!r}")
+    if problems:
+        return problems
+    try:
+        ModelConfig.from_dict(fields)
+    except (TypeError, ValueError) as err:
+        return [f"config.model: {err}"]
+    return []
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raise `ConfigError` listing every problem of `config` (nothing when it is fine)."""
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
