@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pthnet_jax.models.fields import from_plain_dict
 from pthnet_jax.pyramid import LEVELS, level_lengths
 
 _NORM_EPS = 1e-5  # PyTorch's LayerNorm / GroupNorm default (Flax's is 1e-6).
@@ -85,11 +86,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**dict(values))
+        return from_plain_dict(cls, values)
 
 
 class DepthwiseConv1D(nn.Module):

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pthnet_jax.models.fields import from_plain_dict
+
 Array = jax.Array
 
 # (embed_dim, depth, num_heads, mlp_dim, patch_size) of the family (VideoMAE V2 `vit_*_patch*_224`).
@@ -125,11 +127,7 @@ class VideoMAEConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "VideoMAEConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"VideoMAEConfig: unknown fields {unknown}")
-        return cls(**values)
+        return from_plain_dict(cls, values)
 
 
 def sinusoid_table(num_tokens: int, dim: int) -> np.ndarray:
