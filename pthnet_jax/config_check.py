@@ -126,7 +126,8 @@ def _milestone_problems(milestones: Any, epochs: Any) -> list[str]:
         return [f"config.optim.milestones must be strictly increasing, got {tuple(values)}"]
     if values and _is_int(epochs) and epochs >= 1 and not (1 <= values[0] and values[-1] <= epochs):
         return [f"config.optim.milestones must lie within 1..config.train.epochs={epochs} (the learning "
-                f"rate drops at the start of each listed epoch), got {tuple(values)}"]
+                f"rate drops at the start of each listed epoch), got {tuple(values)}; for a shorter run pass "
+                f"them too, e.g. --config.optim.milestones='{tuple(m for m in values if m <= epochs)}'"]
     return []
 
 

@@ -41,6 +41,8 @@ def run_jax(spec: dict[str, Any]) -> dict[str, Any]:
     config.data.data_dir = str(data_dir)
     config.data.mode = "resident"
     config.train.epochs = spec["epochs"]
+    # The recipe's milestones that fall inside a shorter run (the others would never be reached).
+    config.optim.milestones = tuple(m for m in config.optim.milestones if m <= spec["epochs"])
     config.train.steps_per_dispatch = spec["steps_per_dispatch"]
     config.train.profile_steps = spec["profile_steps"]
     config.eval.batch_size = spec["eval_batch"]

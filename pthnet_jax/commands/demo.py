@@ -40,8 +40,9 @@ def run_demo(workdir: str | Path = "pthnet-demo", clips: int = 1200, epochs: int
     config.data.data_dir = str(data_dir)
     config.model.n_in = feature_dim
     config.train.seed = seed
-    if epochs is not None:
+    if epochs is not None:  # a shorter demo keeps the milestones it reaches
         config.train.epochs = epochs
+        config.optim.milestones = tuple(m for m in config.optim.milestones if m <= epochs)
     config.update_from_flattened_dict(overrides or {})
     if train_and_evaluate(config, run_dir).get("interrupted"):
         return {"interrupted": True}
