@@ -80,7 +80,6 @@ def run_evaluation(checkpoint, data_dir, output, split="test", rv_checkpoint=Non
     result, arrays = evaluate(checkpoint, data_dir, split, rv_checkpoint, rv_data, mu, sweep, mode, batch_size,
                               allow_unrecorded)
     with staged_dir(output) as staging:
-        staging.mkdir(parents=True)
         if "mu_sweep" in result:
             atomic_write_json(staging / "mu_sweep.json", result["mu_sweep"])
             plot_mu_sweep(result["mu_sweep"], staging / "mu_sweep.png")
