@@ -157,9 +157,10 @@ def test_validation_split_selection(datasets, tmp_path):
     assert summary["best"]["split"] == "val" and "val" in summary["last"] and "test" in summary["last"]
 
 
-def test_clear_errors(datasets, tmp_path):
-    with pytest.raises(SystemExit, match="lrr"):
-        parse_args(["--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(tmp_path), "--config.optim.lrr=0.1"])
+def test_clear_errors(datasets, tmp_path, capsys):
+    code = parse_args(["--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(tmp_path),
+                       "--config.optim.lrr=0.1"])
+    assert code == 2 and "lrr" in capsys.readouterr().err
     config, workdir = parse_args(["--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w"),
                                   "--data", str(datasets[0]), "--config.optim.milestones=(3,4)"])
     assert tuple(config.optim.milestones) == (3, 4) and config.data.data_dir == str(datasets[0])
