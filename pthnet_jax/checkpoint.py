@@ -56,8 +56,8 @@ def save_checkpoint(path: str | os.PathLike, params: Any, model_config: ModelCon
     if path.exists():
         raise FileExistsError(f"{path} already exists; refusing to overwrite a checkpoint")
     remove_unfinished_saves(path)
-    try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    try:  # a failure is reported once by the caller; Orbax's writer threads stay quiet
+        with QuietOrbaxErrors(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
             checkpointer.save(path, ocp.args.Composite(**save_args(params, model_config, provenance,
                                                                     torch_extra)))
     except BaseException:
@@ -217,13 +217,11 @@ class TrainCheckpoints:
                       "partial": run.partial if interrupted else {}, **self.identity}
         items = save_args(state.params, model_config, provenance)
         items[TRAIN_STATE_ITEM] = ocp.args.StandardSave(state)
-        quiet = QuietOrbaxErrors()  # we report a failed save ourselves, in one line
         try:
-            with quiet:
+            with QuietOrbaxErrors():  # we report a failed save ourselves, in one line
                 self.manager.save(step, args=ocp.args.Composite(**items), force=True)
                 self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001
-            quiet.keep()
             self._remove_unfinished(step)
             raise CheckpointError(f"{self.step_dir(step)}: could not save the checkpoint of step {step} "
                                   f"({describe_failure(err)}); the earlier checkpoints are intact: free space "

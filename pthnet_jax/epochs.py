@@ -80,11 +80,28 @@ def _padded_chunk(indices: np.ndarray, valid: np.ndarray, start: int, length: in
     return part_i, part_v
 
 
-class ResidentRunner:
+class _Runner:
+    """What both runners share: several processes compile the step, then meet, once."""
+
+    def __init__(self, spec: EpochSpec):
+        self.spec = spec
+        self._met = jax.process_count() == 1
+
+    def _compile_then_meet(self, function, args) -> None:
+        """Compile the step first, then wait for every process, then run its collectives: on CPU,
+        gloo gives the first collective ~30 s, less than a slower process may spend compiling."""
+        if self._met:
+            return
+        function.lower(*args).compile()  # the call that follows finds it in the compilation cache
+        parallel.wait_for_all_processes("training step compiled")
+        self._met = True
+
+
+class ResidentRunner(_Runner):
     """`steps_per_call` steps per device call, sampling from features resident on the devices."""
 
     def __init__(self, spec: EpochSpec, split, model, optimizer):
-        self.spec = spec
+        super().__init__(spec)
         try:
             self.resident = resident_features(split)
         except Exception as err:  # noqa: BLE001 - array_record / TFDS decoding errors of a damaged shard
@@ -103,16 +120,17 @@ class ResidentRunner:
             plan_i, plan_v = _padded_chunk(indices, valid, position, chunk)
             args = (replicated, self.resident, parallel.split_for_devices(plan_i, axis=1),
                     parallel.split_for_devices(plan_v, axis=1), epochs)
-            _compile_then_meet(self, self.chunk_fn, args)
+            self._compile_then_meet(self.chunk_fn, args)
             replicated, metrics = self.chunk_fn(*args)
             yield replicated, metrics, min(chunk, total - position)
 
 
-class StreamingRunner:
+class StreamingRunner(_Runner):
     """One pmapped step per host batch, the records read through grain."""
 
     def __init__(self, spec: EpochSpec, split, train_ids: np.ndarray, model, optimizer):
-        self.spec, self.split, self.train_ids = spec, split, train_ids
+        super().__init__(spec)
+        self.split, self.train_ids = split, train_ids
         self.step_fn = steps.pmapped(steps.train_step, donate_state=True, model=model, optimizer=optimizer,
                                      seed=spec.seed)
 
@@ -125,18 +143,9 @@ class StreamingRunner:
                                   shuffle=True, start_step=start, stop_step=spec.steps_per_epoch)
         for batch in batches:
             args = (replicated, parallel.shard(batch))
-            _compile_then_meet(self, self.step_fn, args)
+            self._compile_then_meet(self.step_fn, args)
             replicated, metrics = self.step_fn(*args)
             yield replicated, metrics, 1
-
-
-def _compile_then_meet(runner, function, args) -> None:
-    """Several processes: compile the step first, then wait for all, then run its collectives."""
-    if jax.process_count() == 1 or getattr(runner, "_met", False):
-        return
-    function.lower(*args).compile()  # the call that follows finds it in the compilation cache
-    parallel.wait_for_all_processes("training step compiled")
-    runner._met = True
 
 
 def make_runner(spec: EpochSpec, split, train_ids: np.ndarray, model, optimizer):

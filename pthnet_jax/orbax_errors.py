@@ -7,11 +7,47 @@ is closed" tracebacks afterwards. The caller reports the failure in one line nam
 from __future__ import annotations
 
 
+_CLOSED_LOOP = "Event loop is closed"
+_closed_loop_hooks_installed = False
+
+
+def _is_closed_loop(kind, value) -> bool:
+    return kind is RuntimeError and _CLOSED_LOOP in str(value)
+
+
+def silence_closed_loop_tracebacks() -> None:
+    """Drop the "Event loop is closed" tracebacks that TensorStore callbacks of an aborted save print
+    from its own threads (they go through the exception hooks, during the save and after it). The
+    hooks stay for the process: that RuntimeError carries nothing a user can act on."""
+    global _closed_loop_hooks_installed
+    if _closed_loop_hooks_installed:
+        return
+    import sys
+    import threading
+
+    _closed_loop_hooks_installed = True
+    previous, previous_thread, previous_unraisable = sys.excepthook, threading.excepthook, sys.unraisablehook
+
+    def hook(kind, value, tb):
+        if not _is_closed_loop(kind, value):
+            previous(kind, value, tb)
+
+    def thread_hook(args):
+        if not _is_closed_loop(args.exc_type, args.exc_value):
+            previous_thread(args)
+
+    def unraisable(args):
+        if not _is_closed_loop(type(args.exc_value), args.exc_value):
+            previous_unraisable(args)
+
+    sys.excepthook, threading.excepthook, sys.unraisablehook = hook, thread_hook, unraisable
+
+
 class QuietOrbaxErrors:
-    """While a save runs, drop Orbax's own ERROR logs (a traceback per failed background write):
-    the failure reaches `save`, which reports it once, naming the path. After a failure (`keep`),
-    also drop the "Event loop is closed" tracebacks that TensorStore callbacks of the aborted save
-    print later, and keep the log filter: the run ends with our message."""
+    """While a save runs, drop Orbax's own ERROR logs (a traceback per failed background write) and
+    the closed-event-loop tracebacks: the failure reaches the caller, which reports it once, naming
+    the path. After a failure the log filter stays: late writer threads log too, and the run ends
+    with the caller's message."""
 
     def __init__(self):
         import logging
@@ -26,43 +62,15 @@ class QuietOrbaxErrors:
         return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
 
     def __enter__(self):
+        silence_closed_loop_tracebacks()
         self.logger.addFilter(self.filter)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, value, tb):
+        if kind is not None and issubclass(kind, Exception):
+            self.kept = True  # the save failed: its aborted writer threads stay quiet
         if not self.kept:
             self.logger.removeFilter(self.filter)
-
-    def keep(self) -> None:
-        import sys
-
-        self.kept = True
-        previous = sys.excepthook
-
-        def hook(kind, value, tb):
-            if kind is RuntimeError and "Event loop is closed" in str(value):
-                return
-            previous(kind, value, tb)
-
-        sys.excepthook = hook
-        import threading
-
-        previous_thread_hook = threading.excepthook
-
-        def thread_hook(args):
-            if args.exc_type is RuntimeError and "Event loop is closed" in str(args.exc_value):
-                return
-            previous_thread_hook(args)
-
-        threading.excepthook = thread_hook
-        previous_unraisable = sys.unraisablehook
-
-        def unraisable(args):
-            if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
-                return
-            previous_unraisable(args)
-
-        sys.unraisablehook = unraisable
 
 
 def describe_failure(err: BaseException) -> str:

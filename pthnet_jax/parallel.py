@@ -148,7 +148,7 @@ def any_process_async(flag: bool) -> Any:
 def read_flag(answer: Any) -> bool:
     if isinstance(answer, bool):
         return answer
-    return bool(np.asarray(answer.addressable_data(0)) > 0)
+    return bool(unreplicate(answer) > 0)
 
 
 _barriers = {"count": 0}
