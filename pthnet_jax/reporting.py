@@ -283,10 +283,13 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     save_figure(fig, path, dpi=100)
 
 
-def final_summary(workdir: Path, run, num_params: int, select_on: str) -> dict[str, Any]:
+def final_summary(workdir: Path, run, num_params: int, select_on: str, clock=None) -> dict[str, Any]:
+    """summary.json, the best epoch's line and where the run's time went (a `timing.RunClock`)."""
     summary = {"epochs": run.epoch, "num_params": num_params, "model_selection": select_on,
                "best": run.best, "last": run.history[-1] if run.history else None,
                "best_checkpoint": str(workdir / BEST), "curves": str(workdir / "training_curves.png")}
+    if clock is not None:
+        summary["time"] = clock.record()
     if jax.process_index() == 0:
         atomic_write_json(workdir / "summary.json", summary)
         best = run.best
@@ -295,4 +298,6 @@ def final_summary(workdir: Path, run, num_params: int, select_on: str) -> dict[s
             print(f"best epoch {best['epoch']} by {best['split']} {best['metric']}: UAR "
                   f"{metrics.get('UAR', float('nan')):.2f} WAR {metrics.get('WAR', float('nan')):.2f} "
                   f"(selected on the {select_on} split) -> {workdir / BEST}")
+        if clock is not None:
+            print(clock.line())
     return summary

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from pthnet_jax import parallel, reporting, steps
+from pthnet_jax import parallel, reporting, steps, timing
 from pthnet_jax.checkpoint import CHECKPOINTS, CheckpointError, RunState, TrainCheckpoints
 from pthnet_jax.config_check import ConfigError, validate_config  # noqa: F401 - ConfigError re-exported
 from pthnet_jax.data import batch_plan, choose_mode, epoch_order, open_split
@@ -204,9 +204,11 @@ def _check_resume(checkpoints: TrainCheckpoints, identity: dict[str, Any], allow
 def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     if jax.process_index() == 0:
         remove_stale_temp_files(workdir)
+    clock = timing.RunClock()
     reporting.enable_compilation_cache()
     tcfg = config.train
-    data = _open_data(config)
+    with clock.phase("data"):
+        data = _open_data(config)
     model_cfg = model_config_from(config, data.train.num_classes)
     _check_model_fits_data(model_cfg, data.train)
     spec = _epoch_spec(config, data, model_cfg)
@@ -218,8 +220,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                                weight_decay=config.optim.weight_decay, milestones=config.optim.milestones,
                                gamma=config.optim.gamma, steps_per_epoch=spec.steps_per_epoch)
     # One compiled program: initialising eagerly compiles hundreds of tiny ones (seconds on CPU).
-    state = jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"],
-                                                         optimizer.transform))(jax.random.key(tcfg.seed))
+    with clock.phase("init"):
+        state = jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"],
+                                                             optimizer.transform))(jax.random.key(tcfg.seed))
     checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity)
     run = RunState()
     with contextlib.ExitStack() as stack:
@@ -229,14 +232,16 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
             changes = _check_resume(checkpoints, identity, bool(tcfg.get("allow_resume_change", False)))
         logger = stack.enter_context(contextlib.closing(reporting.Logger(workdir, enabled=jax.process_index() == 0)))
         if resuming:
-            state, run = checkpoints.restore(state)
+            with clock.phase("restore"):
+                state, run = checkpoints.restore(state)
             log(f"resuming from {workdir / CHECKPOINTS} at step {int(state.step)} "
                 f"(epoch {run.epoch} of {tcfg.epochs} done)"
                 + (" with these changes:\n  " + "\n  ".join(changes) if changes else ""))
             if int(state.step) > tcfg.epochs * spec.steps_per_epoch:
                 raise WorkdirError(f"{workdir} holds a run at step {int(state.step)}, past the "
                                    f"{tcfg.epochs} epoch(s) of this config; use another --workdir")
-            repaired = checkpoints.ensure_best(run)
+            with clock.phase("checkpoints"):
+                repaired = checkpoints.ensure_best(run)
             if repaired:
                 log(repaired)
             missing = logger.sync(run.history)
@@ -245,13 +250,15 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                     "(the previous run was killed before writing them)")
         reporting.save_run_files(workdir, config)
         return _epochs(config, workdir, data, model_cfg, spec, model, optimizer, state, run, checkpoints,
-                       logger)
+                       logger, clock)
 
 
 def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: EpochSpec, model, optimizer,
-            state, run: RunState, checkpoints: TrainCheckpoints, logger) -> dict[str, Any]:
+            state, run: RunState, checkpoints: TrainCheckpoints, logger, clock: timing.RunClock
+            ) -> dict[str, Any]:
     tcfg = config.train
-    runner = make_runner(spec, data.train, data.train_ids, model, optimizer.transform)
+    with clock.phase("data"):  # the resident features are placed on the devices here
+        runner = make_runner(spec, data.train, data.train_ids, model, optimizer.transform)
     predictor = Predictor(model, mode=spec.mode, batch_size=config.eval.batch_size)
     num_params = count_params(state.params)
     log(f"PTH-Net {num_params:,} parameters | {data.train.dataset_info.get('benchmark')} "
@@ -274,14 +281,16 @@ def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: Ep
                                                resume=earlier)
             trace = reporting.StepTrace(workdir / "profile", spec.profile_steps,
                                         enabled=_trace_this_epoch(spec, epoch, tcfg.epochs, state))
-            with trace:
+            with trace, clock.phase("steps"):
                 replicated, finished = run_epoch(runner, replicated, epoch, plan, first, stop,
-                                                 on_metrics=lambda m, n: (progress.update(m), trace.advance(n)))
+                                                 on_metrics=lambda m, n: (progress.update(m), trace.advance(n),
+                                                                          clock.mark("first_step")))
             state = parallel.unreplicate(replicated)
             if not finished:  # stopped mid-epoch: save and stop now
                 # The running sums are global (every process reads the same all-reduced metrics).
                 run.partial = {"epoch": epoch, "step": int(state.step), **progress.snapshot()}
-                checkpoints.save(state, model_cfg, run, interrupted=True)
+                with clock.phase("checkpoints"):
+                    checkpoints.save(state, model_cfg, run, interrupted=True)
                 progress.close()
                 return _interrupted(stop, state, workdir)
             run.partial = {}
@@ -290,15 +299,19 @@ def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: Ep
             if trace.record:
                 record["profile"] = {**trace.record, "epoch": epoch + 1}
             if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
-                record.update(_evaluate(predictor, replicated, data.eval_sets))
+                with clock.phase("eval"):
+                    record.update(_evaluate(predictor, replicated, data.eval_sets))
             is_best = _bookkeep(run, record, tcfg)
             save_started = time.perf_counter()
-            checkpoints.save(state, model_cfg, run, best=is_best)
+            with clock.phase("checkpoints"):
+                checkpoints.save(state, model_cfg, run, best=is_best)
             record["save_seconds"] = time.perf_counter() - save_started
-            logger.epoch(record, run)
+            with clock.phase("logging"):
+                logger.epoch(record, run)
             if stop.agreed:  # arrived during the epoch's last steps: the epoch is complete
                 return _interrupted(stop, state, workdir)
-    return reporting.final_summary(workdir, run, num_params, tcfg.select_on)
+    clock.stop()
+    return reporting.final_summary(workdir, run, num_params, tcfg.select_on, clock)
 
 
 def _trace_this_epoch(spec: EpochSpec, epoch: int, epochs: int, state) -> bool:

@@ -109,3 +109,28 @@ def test_table_without_baseline_marks_missing_ratios():
     table = format_table({"train_clips_per_s": 10.0, "eval_clips_per_s": 100.0, "startup_s": 2.0}, None)
     assert "evaluation clips/s" in table
     assert all(line.split()[-1] == "-" for line in table.splitlines()[1:])
+
+
+def test_small_case_times_both_whole_runs_from_process_start(tmp_path):
+    """`--small`: `pthnet train` and the baseline each run whole in a process of their own."""
+    pytest.importorskip("torch")
+    from pthnet_jax.benchmarks.small import breakdown_text
+
+    argv = ["--small", "--workdir", str(tmp_path), "--train-clips", "32", "--test-clips", "16", "--epochs", "2",
+            "--model", "tiny", "--torch-workers", "0"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "results-small.json").read_text())
+    ours, theirs = results["jax"], results["torch"]
+    assert results["epochs"] == 2 and "pthnet_jax.cli train" in ours["command"]
+    parts = ours["time"]
+    # The run's own clock: its parts add up and fit inside the wall time measured from outside.
+    inner = sum(v for k, v in parts.items() if k not in ("total", "programs", "marks"))
+    assert inner == pytest.approx(parts["total"], abs=0.05)
+    assert 0 < parts["total"] <= ours["wall_s"] and parts["compile"] > 0 and parts["steps"] > 0
+    assert 0 < parts["marks"]["first_step"] < parts["total"]
+    # The baseline evaluated after the first epoch too (the original's script evaluates every epoch).
+    assert theirs["eval_in_training_s"] > 0 and len(theirs["epoch_seconds"]) == 2
+    assert theirs["startup_s"] + theirs["train_s"] + theirs["eval_s"] < theirs["wall_s"]
+    ratio = float(results["report"].split("ratio ")[1].split("x")[0])
+    assert ratio == pytest.approx(theirs["wall_s"] / ours["wall_s"], abs=0.006)
+    assert breakdown_text(parts) in results["report"]

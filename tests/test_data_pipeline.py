@@ -126,3 +126,35 @@ def test_epoch_order_and_plan():
     assert indices.shape == valid.shape == (7, 4) and indices.dtype == np.int32
     np.testing.assert_array_equal(indices[0], a[4:8])  # each host: a contiguous slice of every global batch
     assert valid[:-1].all() and list(valid[-1]) == [False] * 4  # 50 = 6 * 8 + 2: host 1 gets padding only
+
+
+def test_bucketed_sizes_are_few_and_close():
+    from pthnet_jax.data.sampling import bucket
+
+    sizes = [bucket(n) for n in range(1, 100_001)]
+    assert all(b >= n for n, b in zip(range(1, 100_001), sizes))
+    assert all(b <= max(16, n * 1.125) for n, b in zip(range(1, 100_001), sizes))
+    assert sizes == sorted(sizes)  # monotone: a larger split never gets a smaller bucket
+    # DFEW's five folds (~9.3k-9.4k train clips) and FERv39k's 31,088 clips: few distinct programs
+    assert len({bucket(n) for n in range(9_300, 9_400)}) == 1 and bucket(31_088) == 32_768
+    assert len(set(sizes)) < 150  # vs 100,000 sizes, each of which used to be a program of its own
+
+
+def test_bucketed_resident_features_hold_the_same_clips(data_dir):
+    from pthnet_jax.data.sampling import ResidentFeatures, bucket
+
+    split = open_split(data_dir, "train")
+    exact = ResidentFeatures.from_split(split)
+    padded = ResidentFeatures.from_split(split, bucketed=True)
+    assert padded.num_clips == bucket(split.num_clips) > split.num_clips
+    n = split.num_clips
+    np.testing.assert_array_equal(padded.labels[:n], exact.labels)
+    assert not padded.labels[n:].any()
+    for level in ("L", "M", "H"):
+        np.testing.assert_array_equal(padded.offsets[level][:n], exact.offsets[level])
+        np.testing.assert_array_equal(padded.counts[level][:n], exact.counts[level])
+        assert not padded.counts[level][n:].any()
+        total = len(exact.windows[level])
+        assert len(padded.windows[level]) == bucket(total)
+        np.testing.assert_array_equal(padded.windows[level][:total], exact.windows[level])
+        assert not padded.windows[level][total:].any()

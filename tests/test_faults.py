@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 OVERRIDES = {"train.epochs": 3, "train.steps_per_dispatch": 2, "train.keep_checkpoints": 1,
              "optim.milestones": (2,)}
-TIMING = ("train_clips_per_s", "epoch_seconds", "eval_seconds", "save_seconds")
+TIMING = ("train_clips_per_s", "epoch_seconds", "eval_seconds", "save_seconds", "time")
 
 
 def _die():

@@ -75,6 +75,7 @@ def run_jax(spec: dict[str, Any]) -> dict[str, Any]:
         "startup_s": wall - sum(epoch_s) - eval_s - save_s,
         "test_WAR_last_epoch": history[-1]["test"]["WAR"], "test_UAR_last_epoch": history[-1]["test"]["UAR"],
         "best": summary.get("best", {}).get("metrics", {}).get("test"),
+        "time": summary.get("time", {}),  # the run's own breakdown (timing.RunClock)
     }
     if profiled:
         result["profile"] = summarize_profile(Path(profiled["dir"]), profiled["steps"], profiled["seconds"])

@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="the original's annotation/ folder: synthesize with its real window counts")
     parser.add_argument("--quick", action="store_true",
                         help="2,000 / 500 clips, 3 JAX and 2 PyTorch epochs (a few minutes on 2 CPU cores)")
+    parser.add_argument("--small", action="store_true",
+                        help="a short run end to end instead: 480 / 120 clips, the 20-epoch recipe, "
+                             "`pthnet train` against the PyTorch baseline, process start to exit")
     parser.add_argument("--workdir", type=Path, default=Path("pthnet-bench"))
     parser.add_argument("--epochs", type=int, help="JAX epochs (default 20 full size, 3 quick)")
     parser.add_argument("--torch-epochs", type=int, default=2,
@@ -139,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.small:
+        return main_small(args, argv)
     import jax
 
     train_clips, test_clips = (2000, 500) if args.quick else (31088, 7847)
@@ -198,6 +203,48 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def main_small(args, argv: list[str]) -> int:
+    from pthnet_jax.benchmarks import small
+
+    train_clips, test_clips, epochs = args.train_clips or 480, args.test_clips or 120, args.epochs or 20
+    workdir = args.workdir.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    root, data_dir, _ = prepare_data(workdir, train_clips, test_clips, args.annotation_dir)
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
+                               "cpu_count": os.cpu_count(), "processor": _cpu_name(), "train_clips": train_clips,
+                               "test_clips": test_clips, "epochs": epochs, "model": args.model,
+                               "command": "pthnet bench " + " ".join(argv), "load_average": {"start": os.getloadavg()}}
+    print(f"== pthnet-jax: `pthnet train`, {epochs} epochs of {train_clips} clips, evaluation of {test_clips} "
+          f"every epoch, cold compilation cache (load average {_load_text()})", flush=True)
+    results["jax"] = small.run_jax(data_dir, workdir, epochs, args.model)
+    results["load_average"]["after_jax"] = os.getloadavg()
+    theirs = None
+    if not args.skip_torch and _have_torch():
+        print(f"== PyTorch baseline: {epochs} epochs, evaluation every epoch (load average {_load_text()})", flush=True)
+        theirs = small.run_torch(root, workdir, epochs, args.model, args.torch_device or "cpu", args.torch_workers)
+        results["torch"] = theirs
+        results["load_average"]["after_torch"] = os.getloadavg()
+    results["report"] = small.report(results["jax"], theirs)
+    output = args.output or workdir / "results-small.json"
+    atomic_write_json(output, results)
+    print(f"\n== pthnet bench --small: {train_clips} train / {test_clips} test clips, {epochs} epochs, model "
+          f"{args.model}, {results['date']}, {results['processor']} ({results['cpu_count']} cores)")
+    print(results["report"])
+    print("load average (1/5/15 min): " + "; ".join(f"{when} {' '.join(f'{x:.1f}' for x in values)}"
+                                                  for when, values in results["load_average"].items()))
+    print(f"results -> {output}")
+    return 0
+
+
+def _have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("PyTorch is not installed: skipping the baseline (pip install \"pthnet-jax[torch]\")")
+        return False
+    return True
+
+
 def _run_torch(args, root: Path) -> dict[str, Any] | None:
     try:
         import torch
@@ -245,6 +292,10 @@ def _report(results: dict[str, Any], args, epochs: int, data_dir: Path, import_s
           f"compilation) + evaluation {ours['eval_in_training_s']:.1f}s + checkpoints {ours['checkpoint_s']:.1f}s; "
           f"evaluation alone {ours['eval_s']:.3f}s for {ours['eval_clips']} clips; "
           + (f"import {import_seconds:.1f}s" if np.isfinite(import_seconds) else f"data reused from {data_dir}"))
+    if ours.get("time"):
+        from pthnet_jax.benchmarks.small import breakdown_text
+
+        print("JAX run breakdown: " + breakdown_text(ours["time"]))
     print(format_profile(ours.get("profile")))
     if "bf16_inference" in ours:
         drift = ours["bf16_inference"]

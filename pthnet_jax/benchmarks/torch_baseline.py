@@ -89,8 +89,12 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
                  batch_size: int = 32, eval_batch_size: int = 32, num_workers: int | None = None,
                  max_train_steps: int | None = None, max_eval_batches: int | None = None,
                  device: str = "cpu", train_list: str = "train_All.txt",
-                 test_list: str = "test_All.txt") -> dict[str, float]:
-    """Train and evaluate the PyTorch baseline; returns throughput and timing figures."""
+                 test_list: str = "test_All.txt", eval_every_epoch: bool = False) -> dict[str, float]:
+    """Train and evaluate the PyTorch baseline; returns throughput and timing figures.
+
+    `eval_every_epoch`: also evaluate the test split after every epoch, as the original's script does
+    (`pthnet bench --small` compares whole runs); the final evaluation is timed either way.
+    """
     import torch
 
     from pthnet_jax.benchmarks.torch_pthnet import TorchPTHNet
@@ -115,7 +119,7 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
     def to_device(pair):
         return pair[0].to(device, non_blocking=True), pair[1].to(device, non_blocking=True)
 
-    train_clips, epoch_seconds, epoch_clips = 0, [], []
+    train_clips, epoch_seconds, epoch_clips, eval_in_training_s = 0, [], [], 0.0
     for epoch in range(epochs):
         train_set.epoch = epoch
         model.train()
@@ -141,17 +145,13 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
         epoch_seconds.append(time.perf_counter() - epoch_start)
         epoch_clips.append(clips)
         train_clips += clips
+        if eval_every_epoch and epoch + 1 < epochs:
+            tick = time.perf_counter()
+            _evaluate(torch, model, test_loader, device, max_eval_batches)
+            eval_in_training_s += time.perf_counter() - tick
 
-    model.eval()
-    eval_start, eval_clips, correct = time.perf_counter(), 0, 0
-    with torch.no_grad():
-        for batch_index, (_, _, (x_h, m_h), labels) in enumerate(tqdm(test_loader, desc="PyTorch evaluation",
-                                                                       unit="batch", mininterval=2.0)):
-            if max_eval_batches is not None and batch_index >= max_eval_batches:
-                break
-            logits = model(None, None, x_h.to(device), None, None, m_h.to(device), False)
-            correct += int((logits.argmax(1).cpu() == labels).sum())
-            eval_clips += labels.shape[0]
+    eval_start = time.perf_counter()
+    eval_clips, correct = _evaluate(torch, model, test_loader, device, max_eval_batches)
     eval_seconds = time.perf_counter() - eval_start
     train_seconds = sum(epoch_seconds)
     later = epoch_seconds[1:]  # the first epoch also starts the loader workers
@@ -160,12 +160,28 @@ def run_baseline(root: Path, list_dir: Path, model_kwargs: dict[str, Any], *, ep
               "train_clips_per_s_steady": sum(epoch_clips[1:]) / sum(later) if later else None,
               "first_epoch_s": epoch_seconds[0], "eval_clips": eval_clips, "eval_s": eval_seconds,
               "eval_clips_per_s": eval_clips / eval_seconds, "eval_accuracy": correct / max(eval_clips, 1),
+              "eval_in_training_s": eval_in_training_s,
               "num_workers": num_workers, "torch_version": torch.__version__, "device": device,
               "torch_threads": torch.get_num_threads()}
     if device != "cpu":
         result["peak_device_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del train_loader, test_loader  # persistent workers exit here, so their peak memory can be read
     return result
+
+
+def _evaluate(torch, model, test_loader, device: str, max_batches: int | None) -> tuple[int, int]:
+    """(clips, correct) over the test split, H level only, as the original evaluates."""
+    model.eval()
+    clips, correct = 0, 0
+    with torch.no_grad():
+        for batch_index, (_, _, (x_h, m_h), labels) in enumerate(tqdm(test_loader, desc="PyTorch evaluation",
+                                                                       unit="batch", mininterval=2.0)):
+            if max_batches is not None and batch_index >= max_batches:
+                break
+            logits = model(None, None, x_h.to(device), None, None, m_h.to(device), False)
+            correct += int((logits.argmax(1).cpu() == labels).sum())
+            clips += labels.shape[0]
+    return clips, correct
 
 
 def main(argv: list[str]) -> int:

@@ -54,7 +54,8 @@ def resident_features(split, levels: Sequence[str] = LEVELS) -> ResidentFeatures
     cache = split.cache.setdefault("resident", {})
     missing = [lvl for lvl in levels if lvl not in cache]
     if missing:
-        loaded = ResidentFeatures.from_split(split, missing)
+        # Bucketed lengths: splits of similar size (folds, directions) share compiled programs.
+        loaded = ResidentFeatures.from_split(split, missing, bucketed=True)
         for lvl in missing:
             cache[lvl] = parallel.replicate((loaded.windows[lvl], loaded.offsets[lvl], loaded.counts[lvl]))
         cache.setdefault("labels", parallel.replicate(loaded.labels))

@@ -31,21 +31,47 @@ class ResidentFeatures:
 
     @classmethod
     def from_split(cls, split, levels: Sequence[str] = LEVELS, dtype=np.float32,
-                   chunk: int = 1024) -> "ResidentFeatures":
-        """Read every record of an opened split once (list order)."""
-        counts = {lvl: np.asarray(split.num_windows[lvl], np.int32) for lvl in levels}
+                   chunk: int = 1024, bucketed: bool = False) -> "ResidentFeatures":
+        """Read every record of an opened split once (list order).
+
+        `bucketed`: every array gets zero rows up to `bucket(rows)`. Programs that read resident
+        features take their shapes from these arrays; only the rows of real clips are ever read
+        (through offsets and clip indices), so padding changes no number, and splits of similar
+        size (the folds of a protocol, both directions) run one compiled program instead of one each.
+        """
+        size = bucket if bucketed else (lambda n: n)
+        counts = {lvl: _padded(np.asarray(split.num_windows[lvl], np.int32), size) for lvl in levels}
         offsets = {lvl: np.concatenate([[0], np.cumsum(c)[:-1]]).astype(np.int32) for lvl, c in counts.items()}
-        windows = {lvl: np.empty((int(c.sum()), split.feature_dim), dtype) for lvl, c in counts.items()}
+        windows = {}
+        for lvl, c in counts.items():
+            total = int(c.sum())  # padded clips have no windows
+            windows[lvl] = np.empty((size(total), split.feature_dim), dtype)
+            windows[lvl][total:] = 0
         for start in range(0, split.num_clips, chunk):
             for i, record in enumerate(split.read(range(start, min(start + chunk, split.num_clips))), start):
                 for lvl in levels:
                     rows = record[f"features_{lvl}"]
                     windows[lvl][offsets[lvl][i]:offsets[lvl][i] + counts[lvl][i]] = rows
-        return cls(windows, offsets, counts, np.asarray(split.labels, np.int32))
+        return cls(windows, offsets, counts, _padded(np.asarray(split.labels, np.int32), size))
 
     @property
     def num_clips(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.labels.shape[0])  # rows: clips plus any bucket padding
+
+
+def bucket(n: int) -> int:
+    """`n` rounded up to 3 significant bits (8 to 15 times a power of two): at most 12.5% more."""
+    if n <= 16:
+        return max(n, 1)
+    shift = n.bit_length() - 4
+    return -(-n >> shift) << shift
+
+
+def _padded(array: np.ndarray, size) -> np.ndarray:
+    rows = size(len(array))
+    if rows == len(array):
+        return array
+    return np.concatenate([array, np.zeros((rows - len(array), *array.shape[1:]), array.dtype)])
 
 
 # Segment bounds of step counts that are not powers of two come from a float64 table up to this many

@@ -1,0 +1,91 @@
+"""`pthnet bench --small`: a short run end to end, as a new user meets it on a small benchmark.
+
+Both sides run in a fresh process and are timed from the process's start to its exit: pthnet-jax as
+`pthnet train --config <ferv39k.py>` with a cold compilation cache (the published 20-epoch recipe,
+evaluation every epoch, checkpoints), the PyTorch baseline with the same epochs, evaluating the test
+split after every epoch as the original's script does. Default size: 480 / 120 clips (FERv39k-like
+window counts), the size where fixed costs (start-up, compilation, saves) decide.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pthnet_jax.fsutil import atomic_write_json
+
+
+def _timed(args: list[str], env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(args, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:6])} ... failed with exit status {done.returncode}; see its output above")
+    return time.perf_counter() - started
+
+
+def run_jax(data_dir: Path, workdir: Path, epochs: int, model: str) -> dict[str, Any]:
+    from pthnet_jax.configs import ferv39k
+
+    run_dir, cache = workdir / "small-jax-run", workdir / "small-xla-cache"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    command = [sys.executable, "-m", "pthnet_jax.cli", "train", "--config", ferv39k.__file__,
+               f"--config.data.data_dir={data_dir}", f"--workdir={run_dir}", f"--config.train.epochs={epochs}",
+               # the recipe's milestones that a shorter run reaches (all of them at 20 epochs)
+               f"--config.optim.milestones={tuple(m for m in (5, 10, 15) if m <= epochs)}"]
+    if model == "tiny":  # the tests' model (configs/tiny.py) on the benchmark's 1408-dim features
+        command += ["--config.model.n_embd=32", "--config.model.mlp_dim=48"]
+    wall = _timed(command, {"PTHNET_COMPILATION_CACHE": str(cache)})
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last = summary["last"]["test"]
+    return {"wall_s": wall, "time": summary.get("time", {}), "test_UAR_last_epoch": last["UAR"],
+            "test_WAR_last_epoch": last["WAR"], "command": " ".join(command)}
+
+
+def run_torch(root: Path, workdir: Path, epochs: int, model: str, device: str, workers: int | None
+              ) -> dict[str, Any]:
+    from pthnet_jax.benchmarks.speed import model_config
+
+    spec_path, out_path = workdir / ".small-torch-spec.json", workdir / "small-torch-result.json"
+    atomic_write_json(spec_path, {
+        "root": str(root), "list_dir": str(root / "annotation" / "FERv39k"),
+        "model_kwargs": model_config(model).to_dict(), "epochs": epochs, "device": device,
+        "num_workers": workers, "eval_every_epoch": True})
+    out_path.unlink(missing_ok=True)
+    wall = _timed([sys.executable, "-m", "pthnet_jax.benchmarks.torch_baseline", str(spec_path), str(out_path)])
+    return {"wall_s": wall, **json.loads(out_path.read_text())}
+
+
+def breakdown_text(parts: dict[str, Any]) -> str:
+    """A `timing.RunClock.record()` in words: the parts, the costliest programs, the first step."""
+    shown = ", ".join(f"{k} {parts[k]:.1f}s" for k in ("start", "data", "init", "restore", "steps", "eval",
+                                                        "checkpoints", "logging", "trace", "lower", "compile",
+                                                        "other") if k in parts)
+    text = f"{shown} (total {parts.get('total', float('nan')):.1f}s)"
+    first = parts.get("marks", {}).get("first_step")
+    if first is not None:
+        text += f"; first training call done {first:.1f}s after the process started"
+    programs = list(parts.get("programs", {}).items())[:4]
+    if programs:
+        text += "; trace+compile by program: " + ", ".join(f"{n} {s:.1f}s" for n, s in programs)
+    return text
+
+
+def report(ours: dict[str, Any], theirs: dict[str, Any] | None) -> str:
+    parts = ours.get("time", {})
+    lines = [f"end to end (process start to exit): pthnet-jax {ours['wall_s']:.1f}s"
+             + (f", PyTorch {theirs['wall_s']:.1f}s, ratio {theirs['wall_s'] / ours['wall_s']:.2f}x"
+                if theirs else "")]
+    if parts:
+        lines.append(f"pthnet-jax run: {breakdown_text(parts)}")
+    if theirs:
+        lines.append(f"PyTorch run: start-up {theirs['startup_s']:.1f}s, training {theirs['train_s']:.1f}s, "
+                     f"evaluation {theirs['eval_in_training_s'] + theirs['eval_s']:.1f}s, the rest "
+                     f"{theirs['wall_s'] - theirs['startup_s'] - theirs['train_s'] - theirs['eval_in_training_s'] - theirs['eval_s']:.1f}s "
+                     "(interpreter, imports, worker shutdown)")
+    return "\n".join(lines)
