@@ -342,7 +342,7 @@ def _bookkeep(run: RunState, record: dict[str, Any], tcfg) -> bool:
     if selected is None or selected <= run.best.get("value", -1.0):
         return False
     run.best = {"value": selected, "metric": tcfg.select_metric, "split": tcfg.select_on,
-                "epoch": record["epoch"], "step": record["step"], "metrics": record}
+                "epoch": record["epoch"], "step": record["step"], "metrics": dict(record)}  # as saved
     return True
 
 

@@ -47,14 +47,12 @@ def run_jax(data_dir: Path, workdir: Path, epochs: int, model: str) -> dict[str,
             "test_WAR_last_epoch": last["WAR"], "command": " ".join(command)}
 
 
-def run_torch(root: Path, workdir: Path, epochs: int, model: str, device: str, workers: int | None
-              ) -> dict[str, Any]:
-    from pthnet_jax.benchmarks.speed import model_config
-
+def run_torch(root: Path, workdir: Path, epochs: int, model_kwargs: dict[str, Any], device: str,
+              workers: int | None) -> dict[str, Any]:
     spec_path, out_path = workdir / ".small-torch-spec.json", workdir / "small-torch-result.json"
     atomic_write_json(spec_path, {
         "root": str(root), "list_dir": str(root / "annotation" / "FERv39k"),
-        "model_kwargs": model_config(model).to_dict(), "epochs": epochs, "device": device,
+        "model_kwargs": model_kwargs, "epochs": epochs, "device": device,
         "num_workers": workers, "eval_every_epoch": True})
     out_path.unlink(missing_ok=True)
     wall = _timed([sys.executable, "-m", "pthnet_jax.benchmarks.torch_baseline", str(spec_path), str(out_path)])

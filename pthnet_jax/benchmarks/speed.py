@@ -221,7 +221,8 @@ def main_small(args, argv: list[str]) -> int:
     theirs = None
     if not args.skip_torch and _have_torch():
         print(f"== PyTorch baseline: {epochs} epochs, evaluation every epoch (load average {_load_text()})", flush=True)
-        theirs = small.run_torch(root, workdir, epochs, args.model, args.torch_device or "cpu", args.torch_workers)
+        theirs = small.run_torch(root, workdir, epochs, model_config(args.model).to_dict(),
+                                 args.torch_device or "cpu", args.torch_workers)
         results["torch"] = theirs
         results["load_average"]["after_torch"] = os.getloadavg()
     results["report"] = small.report(results["jax"], theirs)
