@@ -185,11 +185,13 @@ class TrainCheckpoints:
         return read_info(self.step_dir(self.manager.latest_step()))
 
     def restore(self, state: Any) -> tuple[Any, RunState]:
-        """The latest step's train state (restored against `state`'s tree) and its bookkeeping."""
+        """The latest step's train state and its bookkeeping; `state` gives the tree, shapes and dtypes
+        (arrays or `jax.ShapeDtypeStruct`s); the arrays land on the first local device."""
         import jax
 
         step = self.manager.latest_step()
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 **{TRAIN_STATE_ITEM: ocp.args.StandardRestore(target), INFO_ITEM: ocp.args.JsonRestore()}))

@@ -220,9 +220,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                                weight_decay=config.optim.weight_decay, milestones=config.optim.milestones,
                                gamma=config.optim.gamma, steps_per_epoch=spec.steps_per_epoch)
     # One compiled program: initialising eagerly compiles hundreds of tiny ones (seconds on CPU).
-    with clock.phase("init"):
-        state = jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"],
-                                                             optimizer.transform))(jax.random.key(tcfg.seed))
+    init = jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"],
+                                                        optimizer.transform))
     checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity)
     run = RunState()
     with contextlib.ExitStack() as stack:
@@ -230,10 +229,13 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
         resuming = checkpoints.latest_step() is not None
         if resuming:  # checked before anything is written into the workdir
             changes = _check_resume(checkpoints, identity, bool(tcfg.get("allow_resume_change", False)))
+        else:
+            with clock.phase("init"):
+                state = init(jax.random.key(tcfg.seed))
         logger = stack.enter_context(contextlib.closing(reporting.Logger(workdir, enabled=jax.process_index() == 0)))
-        if resuming:
+        if resuming:  # restored against the state's shapes: no initialisation to compile and run
             with clock.phase("restore"):
-                state, run = checkpoints.restore(state)
+                state, run = checkpoints.restore(jax.eval_shape(init, jax.random.key(tcfg.seed)))
             log(f"resuming from {workdir / CHECKPOINTS} at step {int(state.step)} "
                 f"(epoch {run.epoch} of {tcfg.epochs} done)"
                 + (" with these changes:\n  " + "\n  ".join(changes) if changes else ""))
