@@ -51,16 +51,19 @@ def compute_dtype(config: ml_collections.ConfigDict):
     return None if dtype == "float32" else jnp.bfloat16
 
 
-def steps_per_dispatch(requested: int) -> int:
+def steps_per_dispatch(requested: int, steps_per_epoch: int | None = None) -> int:
     """Training steps per device call in resident mode (a `lax.scan`); 0 = auto (32).
 
     Many steps per call keep the host out of the loop: on a 2-core CPU, 16-32 steps per call run
-    about 25% faster per step than one step per call.
+    about 25% faster per step than one step per call. Never more than an epoch's steps: the steps
+    of a call past the epoch's end are skipped with a `lax.cond`, which on XLA:CPU still costs about
+    a step each (15 steps per epoch in calls of 32 ran at 450 ms per step instead of 175).
     """
     requested = int(requested)
     if requested < 0:
         raise TrainingError(f"config.train.steps_per_dispatch must be >= 0 (0 = auto), got {requested}")
-    return requested or 32
+    chunk = requested or 32
+    return min(chunk, steps_per_epoch) if steps_per_epoch else chunk
 
 
 def validation_split(num_clips: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,9 +125,10 @@ def _epoch_spec(config: ml_collections.ConfigDict, data: _Data, model_cfg: Model
         raise TrainingError(f"config.train.global_batch={tcfg.global_batch} does not split over "
                             f"{processes} process(es) x {devices} local devices; choose a multiple of "
                             f"{devices * processes} (the recipe's batch stays a global batch)")
+    steps_per_epoch = -(-len(data.train_ids) // tcfg.global_batch)
     return EpochSpec(mode=choose_mode(data.train, config.data.mode), global_batch=int(tcfg.global_batch),
-                     steps_per_epoch=-(-len(data.train_ids) // tcfg.global_batch),
-                     steps_per_call=steps_per_dispatch(tcfg.steps_per_dispatch), seed=int(tcfg.seed),
+                     steps_per_epoch=steps_per_epoch,
+                     steps_per_call=steps_per_dispatch(tcfg.steps_per_dispatch, steps_per_epoch), seed=int(tcfg.seed),
                      max_len=model_cfg.max_len, noise_std=float(config.data.noise_std),
                      profile_steps=int(tcfg.get("profile_steps", 0) or 0))
 

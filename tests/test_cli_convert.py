@@ -32,6 +32,7 @@ def _flat(params):
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_training_workdir_and_file_to_file(workdir):
     run = workdir / "run"
     result = _pthnet(run, workdir / "model.pth")

@@ -210,6 +210,7 @@ def test_export_loads_safely_and_strictly_and_round_trips(tmp_path, reference_mo
     fresh.load_state_dict(exported["state_dict"], strict=True)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_cli_and_load_model(tmp_path, reference_model, capsys):
     source = tmp_path / "w.pth"
     torch.save(reference_model.state_dict(), source)
@@ -256,6 +257,7 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_import_and_export_work_without_torch(tmp_path, reference_model, monkeypatch):
     """A sitecustomize makes every `import torch` fail; import, export (.pth and .safetensors), the CLI
     and load_model all still work, and the exported .pth is what torch and the original code load."""
@@ -294,6 +296,7 @@ def test_import_and_export_work_without_torch(tmp_path, reference_model, monkeyp
     fresh.load_state_dict(exported["state_dict"], strict=True)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_exported_pth_layout_is_torchs(tmp_path, reference_model):
     """Members aligned to 64 bytes, the records torch writes, deterministic bytes, mmap-loadable."""
     import struct
@@ -319,6 +322,7 @@ def test_exported_pth_layout_is_torchs(tmp_path, reference_model):
         assert torch.equal(loaded["state_dict"]["module." + key], tensor), key
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_safetensors_export_import(tmp_path, reference_model, capsys):
     from safetensors import safe_open
     from safetensors.torch import load_file

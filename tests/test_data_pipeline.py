@@ -26,6 +26,7 @@ def _assert_same_batches(first, second):
             np.testing.assert_array_equal(x[key], y[key])
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 @pytest.mark.parametrize("train", [True, False])
 def test_resident_and_streaming_batches_are_identical(data_dir, train):
     split = open_split(data_dir, "train")

@@ -78,6 +78,7 @@ def test_eval_sampling_matches_reference_exactly():
     np.testing.assert_array_equal(batch["labels"], resident.labels)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_train_sampling_follows_the_segments_uniformly():
     lengths = [3, 16, 17, 20, 33, 100]
     resident = _resident({"H": lengths})

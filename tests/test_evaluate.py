@@ -74,6 +74,7 @@ def _reference_logits(setup, params, reverse=False):
     return np.asarray(apply(params, features, masks)), labels, clip_ids
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_metrics_and_predictions_match_an_independent_evaluation(setup, tmp_path):
     out = tmp_path / "out"
     assert evaluate_main(["--checkpoint", str(setup["forward"]), "--data", str(setup["base"] / "data"),
@@ -141,6 +142,7 @@ def test_exported_pth_gives_the_same_predictions(setup, tmp_path):
                                   np.load(tmp_path / "pth" / "predictions.npz")["logits"])
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_clear_errors(setup, tmp_path, capsys):
     wrong = ModelConfig.from_dict({**setup["config"].to_dict(), "num_classes": 5})
     checkpoint = save_checkpoint(tmp_path / "five", _init(wrong, 0), wrong, {})

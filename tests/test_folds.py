@@ -19,6 +19,7 @@ def root(tmp_path_factory):
                       quiet=True, signal=3.0, folds=[1, 2])
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_fold_data_is_checked_before_any_training(root, tmp_path):
     import_features("DFEW", root, tmp_path / "dfew_1", fold=1, feature_dim=DIM, quiet=True)
     import_features("DFEW", root, tmp_path / "dfew_2", fold=1, feature_dim=DIM, quiet=True)  # fold 1 again

@@ -55,18 +55,25 @@ def test_default_config_is_about_10_4m_params():
     assert 10.3e6 < count_params(variables["params"]) < 10.5e6
 
 
+def _jitted(model):
+    """init and apply as two compiled programs (eagerly, each op compiles a program of its own)."""
+    return (jax.jit(lambda key: init_variables(model, key)),
+            jax.jit(model.apply, static_argnames=("train",)))
+
+
 def test_levels_share_weights_except_level_convs():
     model = PTHNet(TINY)
-    variables = init_variables(model, jax.random.key(0))
+    init, apply = _jitted(model)
+    variables = init(jax.random.key(0))
     features, masks = _random_inputs(TINY, 3)
-    all_levels = model.apply(variables, features, masks)
-    h_only = model.apply(variables, {"H": features["H"]}, {"H": masks["H"]})
+    all_levels = apply(variables, features, masks)
+    h_only = apply(variables, {"H": features["H"]}, {"H": masks["H"]})
     assert set(h_only) == {"H"} and set(all_levels) == set(LEVELS)
     np.testing.assert_allclose(h_only["H"], all_levels["H"], rtol=1e-6, atol=1e-6)
     # Perturbing the L-level conv changes only the L logits.
     params = jax.tree_util.tree_map_with_path(
         lambda path, x: x + 1.0 if "convw_L" in jax.tree_util.keystr(path) else x, variables["params"])
-    changed = model.apply({"params": params}, features, masks)
+    changed = apply({"params": params}, features, masks)
     assert not np.allclose(changed["L"], all_levels["L"])
     np.testing.assert_array_equal(changed["H"], all_levels["H"])
     np.testing.assert_array_equal(changed["M"], all_levels["M"])
@@ -74,25 +81,26 @@ def test_levels_share_weights_except_level_convs():
 
 def test_drop_path_only_in_training():
     model = PTHNet(dataclasses.replace(TINY, path_pdrop=0.5))
-    variables = init_variables(model, jax.random.key(0))
+    init, apply = _jitted(model)
+    variables = init(jax.random.key(0))
     # Large drop-path scales so dropping a path visibly changes the output.
     variables = {"params": jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.ones_like(x) if "drop_path" in jax.tree_util.keystr(path) else x,
         variables["params"])}
     features, masks = _random_inputs(model.config, 8)
-    eval_a = model.apply(variables, features, masks, train=False)
-    eval_b = model.apply(variables, features, masks, train=False)
+    eval_a = apply(variables, features, masks, train=False)
+    eval_b = apply(variables, features, masks, train=False)
     np.testing.assert_array_equal(eval_a["H"], eval_b["H"])
-    train_a = model.apply(variables, features, masks, train=True, rngs={"dropout": jax.random.key(1)})
-    train_b = model.apply(variables, features, masks, train=True, rngs={"dropout": jax.random.key(2)})
+    train_a = apply(variables, features, masks, train=True, rngs={"dropout": jax.random.key(1)})
+    train_b = apply(variables, features, masks, train=True, rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(train_a["H"], train_b["H"])
     with pytest.raises(Exception):
-        model.apply(variables, features, masks, train=True)  # no dropout rng given
+        apply(variables, features, masks, train=True)  # no dropout rng given
 
 
 def test_jit_and_padding_rows():
     model = PTHNet(TINY)
-    variables = init_variables(model, jax.random.key(0))
+    variables = _jitted(model)[0](jax.random.key(0))
     features, masks = _random_inputs(TINY, 4)
     masks = {lvl: m.copy() for lvl, m in masks.items()}
     masks["H"][3] = False  # an all-padding row, as in a padded evaluation batch

@@ -56,6 +56,7 @@ def _max_rel_diff(a, b):
     return max(float(np.abs(a[k] - b[k]).max() / np.abs(b[k]).max()) for k in b)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_flax_matches_torch_reference(name):
     cfg = CONFIGS[name]
@@ -79,6 +80,7 @@ def test_flax_matches_torch_reference(name):
         np.testing.assert_allclose(got[level], single, rtol=0, atol=1e-4 * np.abs(single).max())
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_default_size_parity():
     cfg = ModelConfig()
     model = _torch_model(cfg, seed=3)
@@ -92,6 +94,7 @@ def test_default_size_parity():
                          _torch_logits(model, features, masks)) <= 1e-4
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 @pytest.mark.parametrize("corrupt", ["swap_level_convs", "transpose_square_kernel", "swap_qk", "scale_one"])
 def test_parity_catches_a_single_wrong_weight(corrupt):
     cfg = CONFIGS["tiny"]
@@ -114,6 +117,7 @@ def test_parity_catches_a_single_wrong_weight(corrupt):
                          _torch_logits(model, features, masks)) > 1e-3
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_flax_to_torch_loads_strictly_and_matches():
     cfg = CONFIGS["tiny"]
     flax_params = torch_to_flax({k: v.numpy() for k, v in _torch_model(cfg, 7).state_dict().items()})[1]

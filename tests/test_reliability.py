@@ -212,6 +212,7 @@ def _copy(run, tmp_path):
     return workdir
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_finished_run_keeps_the_best_step_and_best_matches_it(done_run):
     workdir, _, summary = done_run
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
@@ -238,6 +239,7 @@ def test_workdir_that_is_a_file_is_refused(done_run, tmp_path):
         train_and_evaluate(done_run[1], path)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_resume_with_another_config_or_dataset_is_refused(done_run, tiny_datasets, tmp_path):
     workdir = _copy(done_run[0], tmp_path)
     config = done_run[1]
@@ -262,6 +264,7 @@ def test_resume_with_another_config_or_dataset_is_refused(done_run, tiny_dataset
     assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 0.01
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_bookkeeping_left_stale_by_a_kill_is_rebuilt_from_the_checkpoints(done_run, tmp_path):
     """A kill after an epoch's checkpoint but before best/, history.json and the summary."""
     from pthnet_jax.checkpoint import load_checkpoint
@@ -291,6 +294,7 @@ def test_bookkeeping_left_stale_by_a_kill_is_rebuilt_from_the_checkpoints(done_r
     assert read_info(workdir / "best")["provenance"]["step"] == best_step
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_disk_full_while_saving_is_a_named_error_and_the_rerun_resumes(done_run, tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
 

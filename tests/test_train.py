@@ -70,6 +70,7 @@ def test_trained_checkpoint_exports_to_pytorch(finished_run, tmp_path):
     model.load_state_dict(exported["state_dict"], strict=True)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_streaming_mode_trains_like_resident_mode(datasets, finished_run, tmp_path):
     """Records read through grain, one pmapped step per host batch == on-device sampling in chunks."""
     reference_params, reference_info = _final_params(finished_run[0])
@@ -86,6 +87,7 @@ def test_streaming_mode_trains_like_resident_mode(datasets, finished_run, tmp_pa
     assert summary["best"]["epoch"] == finished_run[1]["best"]["epoch"]
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_stop_after_an_epoch_and_resume_matches_uninterrupted(datasets, finished_run, tmp_path):
     reference_params, reference_info = _final_params(finished_run[0])
     workdir = tmp_path / "resumed"
@@ -134,6 +136,7 @@ def _run_step(config, batch, devices):
     return jax.tree.map(lambda x: np.asarray(x[0]), stacked.params), jax.tree.map(lambda x: np.asarray(x[0]), metrics)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_four_devices_with_padding_equal_one_device_on_the_real_clips(datasets):
     """4 devices on a global batch of 16 rows of which 13 are real == 1 device on those 13 clips.
 
@@ -172,3 +175,12 @@ def test_clear_errors(datasets, tmp_path, capsys):
         train_and_evaluate(tiny_config(datasets[0], **{"train.global_batch": 6}), tmp_path / "c")
     with pytest.raises(TrainingError, match="at step 12"):
         check_finite({"total": np.array([1.0, np.nan]), "grad_norm": np.ones(2)}, 12)
+
+
+def test_steps_per_call_never_exceed_an_epoch():
+    from pthnet_jax.train import steps_per_dispatch
+
+    assert steps_per_dispatch(0) == 32 and steps_per_dispatch(4) == 4
+    # 480 clips in batches of 32: 15 steps; a call of 32 would skip 17 padded steps, each ~a step's cost
+    assert steps_per_dispatch(0, 15) == 15 and steps_per_dispatch(32, 15) == 15
+    assert steps_per_dispatch(0, 971) == 32 and steps_per_dispatch(4, 5) == 4
