@@ -98,6 +98,7 @@ def test_metrics_and_predictions_match_an_independent_evaluation(setup, tmp_path
     assert "models" not in metrics and "logits_forward" not in predictions.files
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_fusion_and_mu_sweep(setup, tmp_path):
     out = tmp_path / "fused"
     assert evaluate_main(["--checkpoint", str(setup["forward"]), "--data", str(setup["base"] / "data"),

@@ -61,6 +61,7 @@ def _jitted(model):
             jax.jit(model.apply, static_argnames=("train",)))
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_levels_share_weights_except_level_convs():
     model = PTHNet(TINY)
     init, apply = _jitted(model)
@@ -79,6 +80,7 @@ def test_levels_share_weights_except_level_convs():
     np.testing.assert_array_equal(changed["M"], all_levels["M"])
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_drop_path_only_in_training():
     model = PTHNet(dataclasses.replace(TINY, path_pdrop=0.5))
     init, apply = _jitted(model)
@@ -98,6 +100,7 @@ def test_drop_path_only_in_training():
         apply(variables, features, masks, train=True)  # no dropout rng given
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_jit_and_padding_rows():
     model = PTHNet(TINY)
     variables = _jitted(model)[0](jax.random.key(0))
@@ -109,6 +112,7 @@ def test_jit_and_padding_rows():
     assert np.isfinite(np.asarray(out["H"])).all()
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_bad_config_and_inputs_are_reported():
     with pytest.raises(ValueError, match="num_heads"):
         ModelConfig(n_embd=36)

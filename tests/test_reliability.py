@@ -222,6 +222,7 @@ def test_finished_run_keeps_the_best_step_and_best_matches_it(done_run):
     assert [r["epoch"] for r in history] == [1, 2]
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_second_run_on_a_locked_workdir_is_refused(done_run, tmp_path):
     workdir = _copy(done_run[0], tmp_path)
     with WorkdirLock(workdir):
@@ -232,6 +233,7 @@ def test_second_run_on_a_locked_workdir_is_refused(done_run, tmp_path):
     assert train_and_evaluate(done_run[1], workdir)["epochs"] == 2
 
 
+@pytest.mark.slow  # uses the trained run (done_run): outside the quick check
 def test_workdir_that_is_a_file_is_refused(done_run, tmp_path):
     path = tmp_path / "file"
     path.write_text("x")
@@ -318,6 +320,7 @@ def test_disk_full_while_saving_is_a_named_error_and_the_rerun_resumes(done_run,
     assert [r["epoch"] for r in json.loads((workdir / "history.json").read_text())] == [1, 2, 3]
 
 
+@pytest.mark.slow  # uses the trained run (done_run): outside the quick check
 def test_a_run_in_another_process_holds_the_workdir(done_run, tmp_path):
     """Two `pthnet train` processes on one workdir: the second is refused, naming the first."""
     import subprocess
