@@ -43,6 +43,10 @@ def silence_closed_loop_tracebacks() -> None:
     sys.excepthook, threading.excepthook, sys.unraisablehook = hook, thread_hook, unraisable
 
 
+def _unretrieved_task_filter(record) -> bool:
+    return "Task exception was never retrieved" not in str(record.msg)
+
+
 class QuietOrbaxErrors:
     """While a save runs, drop Orbax's own ERROR logs (a traceback per failed background write) and
     the closed-event-loop tracebacks: the failure reaches the caller, which reports it once, naming
@@ -69,6 +73,10 @@ class QuietOrbaxErrors:
     def __exit__(self, kind, value, tb):
         if kind is not None and issubclass(kind, Exception):
             self.kept = True  # the save failed: its aborted writer threads stay quiet
+            # and so do its writer tasks, which asyncio reports when they are collected at exit
+            import logging
+
+            logging.getLogger("asyncio").addFilter(_unretrieved_task_filter)
         if not self.kept:
             self.logger.removeFilter(self.filter)
 

@@ -275,9 +275,9 @@ def test_full_disk_is_a_message_and_a_rerun_after_freeing_space_resumes(tiny_dat
         pytest.skip("cannot mount a tmpfs here (unshare -rm); the simulated ENOSPC is in test_reliability.py")
     workdir, out, small_data = tmp_path / "small", tmp_path / "out", tmp_path / "small-data"
     workdir.mkdir(), out.mkdir(), small_data.mkdir()
-    # A step checkpoint of the tiny run takes ~1.1 MB and best/ ~0.4 MB: epoch 1 fits, epoch 2's
+    # A step checkpoint of the tiny run takes ~0.72 MB and best/ ~0.3 MB: epoch 1 fits, epoch 2's
     # checkpoint does not (while step 5 is still kept).
-    size = os.environ.get("PTHNET_TEST_FULL_DISK_SIZE", "2200k")
+    size = os.environ.get("PTHNET_TEST_FULL_DISK_SIZE", "1500k")
     command = [sys.executable, __file__]
     root = next(p for p in Path(tiny_datasets[0]).parents if (p / "root").is_dir()) / "root"
     script = textwrap.dedent(f"""
