@@ -132,12 +132,18 @@ class RunClock:
                 "marks": {k: round(v, 3) for k, v in self.marks.items()}}
 
     def line(self, top: int = 3) -> str:
-        """`time: start 3.1s | data 0.4s | ... | compile 9.0s (train_chunk 6.1s, ...) | total 40.2s`."""
-        record = self.record()
-        shown = [f"{k} {record[k]:.1f}s" for k in ("start", *PHASES[1:], "trace", "lower", "compile", "other")
-                 if record.get(k, 0.0) >= 0.05]
-        programs = list(record["programs"].items())[:top]
-        if programs:
-            shown.append("programs: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in programs))
-        marks = "".join(f" | {name.replace('_', ' ')} at {seconds:.1f}s" for name, seconds in self.marks.items())
-        return f"time: {' | '.join(shown)} | total {record['total']:.1f}s{marks}"
+        """`time: start 3.1s | data 0.4s | ... | compile 9.0s | programs: ... | total 40.2s | ...`."""
+        return "time: " + describe(self.record(), top)
+
+
+def describe(record: dict[str, Any], top: int = 3) -> str:
+    """A `RunClock.record()` (or its copy in summary.json) in one line: the parts, the costliest
+    programs, the total and the marks."""
+    shown = [f"{k} {record[k]:.1f}s" for k in ("start", *PHASES[1:], "trace", "lower", "compile", "other")
+             if record.get(k, 0.0) >= 0.05]
+    programs = list(record.get("programs", {}).items())[:top]
+    if programs:
+        shown.append("programs: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in programs))
+    marks = "".join(f" | {name.replace('_', ' ')} at {seconds:.1f}s"
+                    for name, seconds in record.get("marks", {}).items())
+    return f"{' | '.join(shown)} | total {record.get('total', float('nan')):.1f}s{marks}"

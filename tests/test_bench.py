@@ -114,7 +114,7 @@ def test_table_without_baseline_marks_missing_ratios():
 def test_small_case_times_both_whole_runs_from_process_start(tmp_path):
     """`--small`: `pthnet train` and the baseline each run whole in a process of their own."""
     pytest.importorskip("torch")
-    from pthnet_jax.benchmarks.small import breakdown_text
+    from pthnet_jax.timing import describe
 
     argv = ["--small", "--workdir", str(tmp_path), "--train-clips", "32", "--test-clips", "16", "--epochs", "2",
             "--model", "tiny", "--torch-workers", "0"]
@@ -133,4 +133,4 @@ def test_small_case_times_both_whole_runs_from_process_start(tmp_path):
     assert theirs["startup_s"] + theirs["train_s"] + theirs["eval_s"] < theirs["wall_s"]
     ratio = float(results["report"].split("ratio ")[1].split("x")[0])
     assert ratio == pytest.approx(theirs["wall_s"] / ours["wall_s"], abs=0.006)
-    assert breakdown_text(parts) in results["report"]
+    assert describe(parts, top=4) in results["report"]

@@ -37,7 +37,7 @@ def run_jax(data_dir: Path, workdir: Path, epochs: int, model: str) -> dict[str,
     command = [sys.executable, "-m", "pthnet_jax.cli", "train", "--config", ferv39k.__file__,
                f"--config.data.data_dir={data_dir}", f"--workdir={run_dir}", f"--config.train.epochs={epochs}",
                # the recipe's milestones that a shorter run reaches (all of them at 20 epochs)
-               f"--config.optim.milestones={tuple(m for m in (5, 10, 15) if m <= epochs)}"]
+               f"--config.optim.milestones={tuple(m for m in ferv39k.get_config().optim.milestones if m <= epochs)}"]
     if model == "tiny":  # the tests' model (configs/tiny.py) on the benchmark's 1408-dim features
         command += ["--config.model.n_embd=32", "--config.model.mlp_dim=48"]
     wall = _timed(command, {"PTHNET_COMPILATION_CACHE": str(cache)})
@@ -59,28 +59,15 @@ def run_torch(root: Path, workdir: Path, epochs: int, model_kwargs: dict[str, An
     return {"wall_s": wall, **json.loads(out_path.read_text())}
 
 
-def breakdown_text(parts: dict[str, Any]) -> str:
-    """A `timing.RunClock.record()` in words: the parts, the costliest programs, the first step."""
-    shown = ", ".join(f"{k} {parts[k]:.1f}s" for k in ("start", "data", "init", "restore", "steps", "eval",
-                                                        "checkpoints", "logging", "trace", "lower", "compile",
-                                                        "other") if k in parts)
-    text = f"{shown} (total {parts.get('total', float('nan')):.1f}s)"
-    first = parts.get("marks", {}).get("first_step")
-    if first is not None:
-        text += f"; first training call done {first:.1f}s after the process started"
-    programs = list(parts.get("programs", {}).items())[:4]
-    if programs:
-        text += "; trace+compile by program: " + ", ".join(f"{n} {s:.1f}s" for n, s in programs)
-    return text
-
-
 def report(ours: dict[str, Any], theirs: dict[str, Any] | None) -> str:
     parts = ours.get("time", {})
     lines = [f"end to end (process start to exit): pthnet-jax {ours['wall_s']:.1f}s"
              + (f", PyTorch {theirs['wall_s']:.1f}s, ratio {theirs['wall_s'] / ours['wall_s']:.2f}x"
                 if theirs else "")]
     if parts:
-        lines.append(f"pthnet-jax run: {breakdown_text(parts)}")
+        from pthnet_jax.timing import describe
+
+        lines.append(f"pthnet-jax run: {describe(parts, top=4)}")
     if theirs:
         lines.append(f"PyTorch run: start-up {theirs['startup_s']:.1f}s, training {theirs['train_s']:.1f}s, "
                      f"evaluation {theirs['eval_in_training_s'] + theirs['eval_s']:.1f}s, the rest "

@@ -294,9 +294,9 @@ def _report(results: dict[str, Any], args, epochs: int, data_dir: Path, import_s
           f"evaluation alone {ours['eval_s']:.3f}s for {ours['eval_clips']} clips; "
           + (f"import {import_seconds:.1f}s" if np.isfinite(import_seconds) else f"data reused from {data_dir}"))
     if ours.get("time"):
-        from pthnet_jax.benchmarks.small import breakdown_text
+        from pthnet_jax.timing import describe
 
-        print("JAX run breakdown: " + breakdown_text(ours["time"]))
+        print("JAX run breakdown: " + describe(ours["time"], top=4))
     print(format_profile(ours.get("profile")))
     if "bf16_inference" in ours:
         drift = ours["bf16_inference"]
