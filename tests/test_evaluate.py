@@ -131,6 +131,7 @@ def test_fusion_and_mu_sweep(setup, tmp_path):
     assert json.loads((out / "mu_sweep.json").read_text()) == sweep
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_exported_pth_gives_the_same_predictions(setup, tmp_path):
     pytest.importorskip("torch")
     from pthnet_jax.convert import checkpoint_to_pth

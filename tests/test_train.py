@@ -39,6 +39,7 @@ def _final_params(workdir):
     return variables["params"], info
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_training_writes_what_a_person_needs(finished_run):
     workdir, summary = finished_run
     for name in ("config.json", "environment.json", "history.json", "summary.json", "training_curves.png"):
@@ -56,6 +57,7 @@ def test_training_writes_what_a_person_needs(finished_run):
     assert info["provenance"]["epoch"] == summary["best"]["epoch"]
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_trained_checkpoint_exports_to_pytorch(finished_run, tmp_path):
     pytest.importorskip("torch")
     import torch
@@ -154,6 +156,7 @@ def test_four_devices_with_padding_equal_one_device_on_the_real_clips(datasets):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), four, one)
 
 
+@pytest.mark.slow  # trains or compiles a model: outside the quick check
 def test_validation_split_selection(datasets, tmp_path):
     summary = train_and_evaluate(tiny_config(datasets[0], **{"train.epochs": 1, "train.select_on": "val"}),
                                  tmp_path / "val")
