@@ -6,6 +6,7 @@ is closed" tracebacks afterwards. The caller reports the failure in one line nam
 """
 from __future__ import annotations
 
+import logging
 
 _CLOSED_LOOP = "Event loop is closed"
 _closed_loop_hooks_installed = False
@@ -54,15 +55,11 @@ class QuietOrbaxErrors:
     with the caller's message."""
 
     def __init__(self):
-        import logging
-
         self.logger = logging.getLogger("absl")
         self.kept = False
 
     @staticmethod
     def filter(record) -> bool:
-        import logging
-
         return not (record.levelno >= logging.ERROR and "orbax" in (record.pathname or ""))
 
     def __enter__(self):
@@ -74,8 +71,6 @@ class QuietOrbaxErrors:
         if kind is not None and issubclass(kind, Exception):
             self.kept = True  # the save failed: its aborted writer threads stay quiet
             # and so do its writer tasks, which asyncio reports when they are collected at exit
-            import logging
-
             logging.getLogger("asyncio").addFilter(_unretrieved_task_filter)
         if not self.kept:
             self.logger.removeFilter(self.filter)

@@ -10,7 +10,9 @@ import pytest
 from pthnet_jax.checkpoint import load_checkpoint, save_checkpoint
 from pthnet_jax.configs import tiny
 from pthnet_jax.convert import state_dict_from_file
-from pthnet_jax.models.pthnet import ModelConfig, abstract_variables
+from pthnet_jax.models.pthnet import ModelConfig
+
+from train_helpers import random_params
 
 
 def _pthnet(*args):
@@ -23,11 +25,8 @@ def workdir(tmp_path_factory):
     """A directory shaped like a training run: `best/` holds the checkpoint, no `pthnet` item on top."""
     base = tmp_path_factory.mktemp("convert-cli")
     config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "num_classes": 7})
-    # Random values of the model's shapes: no initialisation to compile (this fixture serves quick tests).
-    rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape).astype(leaf.dtype),
-                          abstract_variables(config)["params"])
-    save_checkpoint(base / "run" / "best", params, config, {"epoch": 3})
+    # Random values, no initialisation to compile: this fixture serves quick tests.
+    save_checkpoint(base / "run" / "best", random_params(config), config, {"epoch": 3})
     return base
 
 

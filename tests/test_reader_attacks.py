@@ -428,15 +428,11 @@ def test_terminal_escapes_from_the_file_are_escaped(tmp_path, capsys):
 
 def _tiny_pthnet(tmp_path: Path) -> Path:
     from pthnet_jax.convert.mapping import flax_to_torch
-    from pthnet_jax.models.pthnet import ModelConfig, abstract_variables
+    from pthnet_jax.models.pthnet import ModelConfig
+    from train_helpers import random_params
 
     config = ModelConfig(n_in=8, n_embd=16, mlp_dim=16, num_classes=3, arch=(1, 1, 0, 0))
-    import jax
-
-    shapes = abstract_variables(config)["params"]
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map(lambda leaf: rng.normal(size=leaf.shape).astype(leaf.dtype), shapes)
-    state = flax_to_torch(params, config)
+    state = flax_to_torch(random_params(config), config)
     path = tmp_path / "tiny.pth"
     write_torch_file(path, {"epoch": 3, "state_dict": state})
     return path

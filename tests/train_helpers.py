@@ -1,4 +1,4 @@
-"""Shared bits of the training tests: one tiny synthetic dataset and one train step runner."""
+"""Shared bits of the training tests: one tiny synthetic dataset, configs, random inputs and parameters."""
 import numpy as np
 
 from pthnet_jax.configs import tiny
@@ -35,3 +35,14 @@ def random_batch(config, batch, seed, valid=None):
     return {"features": features, "masks": masks,
             "labels": rng.integers(0, config.model.num_classes or 7, batch).astype(np.int32),
             "valid": np.ones(batch, bool) if valid is None else valid}
+
+
+def random_params(model_config, seed=0):
+    """Standard-normal values in every parameter of `model_config`'s PTH-Net: nothing to compile."""
+    import jax
+
+    from pthnet_jax.models.pthnet import abstract_variables
+
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda leaf: rng.normal(size=leaf.shape).astype(leaf.dtype),
+                        abstract_variables(model_config)["params"])
