@@ -8,6 +8,8 @@ directory of a training run's `CheckpointManager` carries the same items (plus `
 - `pthnet`: `{"format": "pthnet-jax", "format_version": 1, "model_config": {...}, "provenance": {...}}`.
 - `torch_extra` (optional): tensors of an imported PyTorch checkpoint that the Flax model does not use
   (the never-used `pos_embed*` weights), keyed by their PyTorch names, so an export gives them back.
+- `optimizer` (training step directories only): the step counter and the optimiser state; with
+  `params` it is the whole train state, so no array is written twice.
 """
 from __future__ import annotations
 
@@ -136,7 +138,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
 # Orbax CheckpointManager) and `best/` (a model checkpoint directory of the best epoch so far).
 
 CHECKPOINTS, BEST = "checkpoints", "best"
-TRAIN_STATE_ITEM = "train_state"
+OPTIMIZER_ITEM = "optimizer"
+# Step directories written before 2026-11-23 hold the whole train state (params included, a second
+# copy) in this item; they still restore.
+LEGACY_TRAIN_STATE_ITEM = "train_state"
 
 
 @dataclasses.dataclass
@@ -172,7 +177,8 @@ class TrainCheckpoints:
         options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True,
                                                enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.workdir / CHECKPOINTS, options=options,
-                                             item_names=(PARAMS_ITEM, INFO_ITEM, TRAIN_STATE_ITEM))
+                                             item_names=(PARAMS_ITEM, INFO_ITEM, OPTIMIZER_ITEM,
+                                                         LEGACY_TRAIN_STATE_ITEM))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -192,9 +198,21 @@ class TrainCheckpoints:
         step = self.manager.latest_step()
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
+        legacy = (self.step_dir(step) / LEGACY_TRAIN_STATE_ITEM).is_dir()
+        if legacy:
+            items = {LEGACY_TRAIN_STATE_ITEM: ocp.args.StandardRestore(target)}
+        else:
+            items = {PARAMS_ITEM: ocp.args.StandardRestore(target.params),
+                     OPTIMIZER_ITEM: ocp.args.StandardRestore(_optimizer_item(target))}
+        items[INFO_ITEM] = ocp.args.JsonRestore()
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                **{TRAIN_STATE_ITEM: ocp.args.StandardRestore(target), INFO_ITEM: ocp.args.JsonRestore()}))
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            if legacy:
+                restored_state = restored[LEGACY_TRAIN_STATE_ITEM]
+            else:
+                rest = restored[OPTIMIZER_ITEM]
+                restored_state = target.replace(step=rest["step"], params=restored[PARAMS_ITEM],
+                                                opt_state=rest["opt_state"])
             info = restored[INFO_ITEM]["provenance"]
             run = RunState(int(info["epoch"]), list(info["history"]), dict(info["best"]),
                            dict(info.get("partial") or {}))
@@ -203,11 +221,11 @@ class TrainCheckpoints:
                                   f"model and optimiser of this run ({type(err).__name__}: {err}). It is "
                                   "damaged or from another config: move it away to resume from the "
                                   "previous step, or use another --workdir") from err
-        return restored[TRAIN_STATE_ITEM], run
+        return restored_state, run
 
     def save(self, state: Any, model_config: ModelConfig, run: RunState, *, best: bool = False,
              interrupted: bool = False) -> None:
-        """A step directory with `params`, `pthnet` and `train_state`; and `best/` when `best`.
+        """A step directory with `params`, `pthnet` and `optimizer`; and `best/` when `best`.
 
         A failure (disk full, permissions) raises CheckpointError naming the directory, removes the
         half-written step and leaves the earlier checkpoints as they were.
@@ -218,7 +236,7 @@ class TrainCheckpoints:
                       "best_acc": run.best.get("value"), "interrupted": interrupted,
                       "partial": run.partial if interrupted else {}, **self.identity}
         items = save_args(state.params, model_config, provenance)
-        items[TRAIN_STATE_ITEM] = ocp.args.StandardSave(state)
+        items[OPTIMIZER_ITEM] = ocp.args.StandardSave(_optimizer_item(state))
         try:
             with QuietOrbaxErrors():  # we report a failed save ourselves, in one line
                 self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -326,6 +344,11 @@ class TrainCheckpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _optimizer_item(state: Any) -> dict[str, Any]:
+    """What a train state (`steps.TrainState`) holds besides its params."""
+    return {"step": state.step, "opt_state": state.opt_state}
 
 
 def _finalized_steps(directory: Path) -> set[int]:

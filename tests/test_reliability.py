@@ -350,3 +350,94 @@ def textwrap_dedent(text):
     import textwrap
 
     return textwrap.dedent(text)
+
+
+# ---- the train state in a step directory ---------------------------------------------------------
+
+def _tiny_state(seed):
+    """A train state of the tiny model with random params and a non-zero momentum, at step 7."""
+    from pthnet_jax import steps
+    from pthnet_jax.configs import tiny
+    from pthnet_jax.optim import make_optimizer
+    from pthnet_jax.train import model_config_from
+
+    from train_helpers import random_params
+
+    model_cfg = model_config_from(tiny.get_config(), 7)
+    optimizer = make_optimizer(lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(2,), gamma=0.1,
+                               steps_per_epoch=5)
+    state = steps.create_train_state(random_params(model_cfg, seed), optimizer.transform)
+    rng = np.random.default_rng(seed + 1)
+    opt_state = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype) if x.ndim else x,
+                             state.opt_state)
+    return model_cfg, state.replace(step=np.int32(7), opt_state=opt_state)
+
+
+def _assert_same_state(restored, expected):
+    flat_r, tree_r = jax.tree.flatten(restored)
+    flat_e, tree_e = jax.tree.flatten(expected)
+    assert tree_r == tree_e
+    for got, want in zip(flat_r, flat_e):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_step_directory_holds_each_array_once_and_restores_exactly(tmp_path):
+    from pthnet_jax.checkpoint import RunState, TrainCheckpoints
+
+    model_cfg, state = _tiny_state(0)
+    run = RunState(epoch=1, history=[{"epoch": 1, "step": 7}])
+    checkpoints = TrainCheckpoints(tmp_path / "run", keep=2)
+    checkpoints.save(state, model_cfg, run)
+    step_dir = tmp_path / "run" / "checkpoints" / "7"
+    assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["optimizer", "params", "pthnet"]
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
+    restored, restored_run = checkpoints.restore(abstract)
+    checkpoints.close()
+    _assert_same_state(restored, state)
+    assert restored_run.history == run.history and restored_run.epoch == 1
+
+
+def test_step_directory_of_the_earlier_format_still_restores(tmp_path):
+    """Step directories written before the `optimizer` item held the whole state in `train_state`."""
+    import orbax.checkpoint as ocp
+
+    from pthnet_jax.checkpoint import TrainCheckpoints, checkpoint_info
+
+    model_cfg, state = _tiny_state(3)
+    provenance = {"epoch": 1, "history": [{"epoch": 1, "step": 7}], "best": {}, "partial": {}}
+    options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
+    with ocp.CheckpointManager(tmp_path / "run" / "checkpoints", options=options) as manager:
+        manager.save(7, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params), train_state=ocp.args.StandardSave(state),
+            pthnet=ocp.args.JsonSave(checkpoint_info(model_cfg, provenance))))
+        manager.wait_until_finished()
+    checkpoints = TrainCheckpoints(tmp_path / "run", keep=2)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
+    restored, run = checkpoints.restore(abstract)
+    checkpoints.close()
+    _assert_same_state(restored, state)
+    assert run.epoch == 1 and run.history == provenance["history"]
+
+
+def test_curves_are_redrawn_at_most_every_interval_and_always_at_the_end(tmp_path, monkeypatch):
+    from pthnet_jax.checkpoint import RunState
+
+    drawn = []
+    monkeypatch.setattr(reporting, "plot_curves", lambda history, path: (drawn.append([r["epoch"] for r in history]),
+                                                                         path.write_bytes(b"png")))
+    record = {"train_loss": 1.0, "train_ce": 1.0, "train_accuracy": 50.0, "train_clips_per_s": 1.0, "lr": 0.1}
+    run = RunState()
+    logger = reporting.Logger(tmp_path, enabled=True, curves_every_s=3600)
+    for epoch in (1, 2, 3):
+        run.history.append({**record, "epoch": epoch, "step": epoch})
+        logger.epoch(run.history[-1], run)
+    assert drawn == [[1]]  # the first epoch draws; the next two fall inside the interval
+    logger.close()
+    assert drawn == [[1], [1, 2, 3]]  # closing draws what was pending
+
+    # A kill after history.json but before the redraw: the resumed run's sync redraws.
+    os.utime(tmp_path / "training_curves.png", ns=(1, 1))
+    again = reporting.Logger(tmp_path, enabled=True)
+    assert again.sync(run.history) == [] and drawn[-1] == [1, 2, 3] and len(drawn) == 3
+    again.close()
+    assert len(drawn) == 3  # nothing pending: nothing drawn twice
