@@ -188,7 +188,7 @@ class Logger:
 
     The events and `history.json` are written every epoch. Drawing the curves costs ~0.25 s on CPU
     (a short run's epoch can take a few seconds), so they are redrawn at most every `curves_every_s`
-    seconds, and always when the logger closes (the run's end, an interruption, an error).
+    seconds, and always at the run's end (`finish`) or when the logger closes (an interruption).
     """
 
     def __init__(self, workdir: Path, enabled: bool, curves_every_s: float = 30.0):
@@ -267,9 +267,16 @@ class Logger:
         plot_curves(history, self.workdir / "training_curves.png")
         self._curves_drawn_at, self._curves_pending = time.monotonic(), None
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Draw the curves an epoch left pending (the end of a run)."""
         if self._curves_pending:
             self._draw_curves(self._curves_pending)
+
+    def close(self) -> None:
+        try:  # an interruption or an error: the curves are a courtesy, never a second failure
+            self.finish()
+        except Exception:  # noqa: BLE001 - e.g. the full disk that stopped the run; `sync` redraws
+            pass
         if self.writer is not None:
             self.writer.close()
 

@@ -316,6 +316,8 @@ def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: Ep
                 logger.epoch(record, run)
             if stop.agreed:  # arrived during the epoch's last steps: the epoch is complete
                 return _interrupted(stop, state, workdir)
+    with clock.phase("logging"):
+        logger.finish()
     clock.stop()
     return reporting.final_summary(workdir, run, num_params, tcfg.select_on, clock)
 

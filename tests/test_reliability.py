@@ -423,8 +423,12 @@ def test_curves_are_redrawn_at_most_every_interval_and_always_at_the_end(tmp_pat
     from pthnet_jax.checkpoint import RunState
 
     drawn = []
-    monkeypatch.setattr(reporting, "plot_curves", lambda history, path: (drawn.append([r["epoch"] for r in history]),
-                                                                         path.write_bytes(b"png")))
+
+    def record_drawing(history, path):
+        drawn.append([r["epoch"] for r in history])
+        path.write_bytes(b"png")
+
+    monkeypatch.setattr(reporting, "plot_curves", record_drawing)
     record = {"train_loss": 1.0, "train_ce": 1.0, "train_accuracy": 50.0, "train_clips_per_s": 1.0, "lr": 0.1}
     run = RunState()
     logger = reporting.Logger(tmp_path, enabled=True, curves_every_s=3600)
@@ -441,3 +445,18 @@ def test_curves_are_redrawn_at_most_every_interval_and_always_at_the_end(tmp_pat
     assert again.sync(run.history) == [] and drawn[-1] == [1, 2, 3] and len(drawn) == 3
     again.close()
     assert len(drawn) == 3  # nothing pending: nothing drawn twice
+
+    # Drawing fails (a full disk): the run's end reports it; closing after an interruption does not.
+    def full_disk(history, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    for finish in (True, False):
+        monkeypatch.setattr(reporting, "plot_curves", record_drawing)
+        logger = reporting.Logger(tmp_path, enabled=True, curves_every_s=3600)
+        logger.epoch(run.history[0], run)  # drawn
+        monkeypatch.setattr(reporting, "plot_curves", full_disk)
+        logger.epoch(run.history[1], run)  # pending
+        if finish:
+            with pytest.raises(OSError, match="No space"):
+                logger.finish()
+        logger.close()
