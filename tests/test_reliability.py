@@ -355,7 +355,8 @@ def textwrap_dedent(text):
 # ---- the train state in a step directory ---------------------------------------------------------
 
 def _tiny_state(seed):
-    """A train state of the tiny model with random params and a non-zero momentum, at step 7."""
+    """(model config, a train state of the tiny model with random params and a non-zero momentum at
+    step 7, its shapes as the restore target)."""
     from pthnet_jax import steps
     from pthnet_jax.configs import tiny
     from pthnet_jax.optim import make_optimizer
@@ -370,7 +371,8 @@ def _tiny_state(seed):
     rng = np.random.default_rng(seed + 1)
     opt_state = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype) if x.ndim else x,
                              state.opt_state)
-    return model_cfg, state.replace(step=np.int32(7), opt_state=opt_state)
+    state = state.replace(step=np.int32(7), opt_state=opt_state)
+    return model_cfg, state, jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
 
 
 def _assert_same_state(restored, expected):
@@ -384,13 +386,12 @@ def _assert_same_state(restored, expected):
 def test_step_directory_holds_each_array_once_and_restores_exactly(tmp_path):
     from pthnet_jax.checkpoint import RunState, TrainCheckpoints
 
-    model_cfg, state = _tiny_state(0)
+    model_cfg, state, abstract = _tiny_state(0)
     run = RunState(epoch=1, history=[{"epoch": 1, "step": 7}])
     checkpoints = TrainCheckpoints(tmp_path / "run", keep=2)
     checkpoints.save(state, model_cfg, run)
     step_dir = tmp_path / "run" / "checkpoints" / "7"
     assert sorted(p.name for p in step_dir.iterdir() if p.is_dir()) == ["optimizer", "params", "pthnet"]
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
     restored, restored_run = checkpoints.restore(abstract)
     checkpoints.close()
     _assert_same_state(restored, state)
@@ -403,7 +404,7 @@ def test_step_directory_of_the_earlier_format_still_restores(tmp_path):
 
     from pthnet_jax.checkpoint import TrainCheckpoints, checkpoint_info
 
-    model_cfg, state = _tiny_state(3)
+    model_cfg, state, abstract = _tiny_state(3)
     provenance = {"epoch": 1, "history": [{"epoch": 1, "step": 7}], "best": {}, "partial": {}}
     options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False)
     with ocp.CheckpointManager(tmp_path / "run" / "checkpoints", options=options) as manager:
@@ -412,7 +413,6 @@ def test_step_directory_of_the_earlier_format_still_restores(tmp_path):
             pthnet=ocp.args.JsonSave(checkpoint_info(model_cfg, provenance))))
         manager.wait_until_finished()
     checkpoints = TrainCheckpoints(tmp_path / "run", keep=2)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), state)
     restored, run = checkpoints.restore(abstract)
     checkpoints.close()
     _assert_same_state(restored, state)
