@@ -1,0 +1,1 @@
+"""PTH-Net as a family of the shared harness."""
