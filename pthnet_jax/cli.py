@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("pthnet_jax.video.extract", "VideoMAE V2 features of videos, in the original layout"),
     "predict": ("pthnet_jax.video.predict", "class probabilities of video files (backbone + PTH-Net)"),
     "demo-video": ("pthnet_jax.commands.demo_video", "the whole video path on synthetic clips, nothing downloaded"),
+    "import-clips": ("pthnet_jax.commands.import_clips", "import LSTPNet clip lists (frame folders or videos) into TFDS"),
+    "synth-clips": ("pthnet_jax.commands.synth_clips", "write synthetic LSTPNet clips (JPEG frame folders + lists)"),
     "bench-extract": ("pthnet_jax.benchmarks.extract", "feature extraction speed against PyTorch (one window f32, batched bf16)"),
 }
 
