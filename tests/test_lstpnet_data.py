@@ -174,10 +174,10 @@ def test_clip_paths(tmp_path):
 
 
 def test_short_clip_count_matches_the_real_lists():
-    """On the original's shipped lists when present (§8: AFEW 2 of 383, FERv39k 813 of 7847)."""
+    """On the original's shipped lists (its annotation/ folder) when present: §8's counts."""
     root = Path(__file__).resolve().parents[2] / "shared" / "data" / "lstpnet-annotation"
     if not root.is_dir():
         pytest.skip(f"{root} absent")
-    for name, names, short in [("AFEW_test.txt", "AFEW", 2), ("FERV39k_test.txt", "FERv39k", 813)]:
+    for name, short in [("AFEW_test.txt", 2), ("FERV39k_test.txt", 813), ("DFEW_set_5_test.txt", 2)]:
         entries = clips.read_clip_list(root / name, 7)
         assert sum(e.num_frames < clips.MIN_FRAMES for e in entries) == short, name

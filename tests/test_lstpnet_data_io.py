@@ -186,3 +186,18 @@ def test_video_clips(tmp_path):
     (root / "list.txt").write_text("videos/a.mkv 20 1\n")
     with pytest.raises(ClipListError, match="list.txt:1: the list says 20 frames, .*a.mkv has 21"):
         import_clips(None, root / "list.txt", root, tmp_path / "out2", benchmark="custom", classes="a,b", quiet=True)
+
+
+def test_commands(tmp_path, capsys):
+    from pthnet_jax import cli
+
+    assert cli.main(["synth-clips", "--out", str(tmp_path / "root"), "--clips", "3", "--test-clips", "2",
+                     "--size", "16x12"]) == 0
+    args = ["import-clips", "--list-test", str(tmp_path / "root" / "test.txt"), "--root",
+            str(tmp_path / "root"), "--out", str(tmp_path / "data"), "--benchmark", "AFEW"]
+    assert cli.main(args) == 0
+    assert "test: 2 clips of 2 listed;" in capsys.readouterr().out
+    assert open_clip_split(tmp_path / "data", "test").dataset_info["frame_pattern"] == "all"
+    assert cli.main(args) == 2 and "already exists" in capsys.readouterr().err
+    assert cli.main(args[:-2] + ["--benchmark", "custom"]) == 2
+    assert "needs its class names" in capsys.readouterr().err
