@@ -116,6 +116,15 @@ def test_short_clip_filter_is_an_option(synth):
     assert everything[0][:split.num_clips].tolist() == list(range(split.num_clips))
     assert filtered[0][valid[0]].tolist() == split.long_clips().tolist()
     assert int(valid.sum()) == split.num_clips - split.short_clip_count()
+    train = synth["train"]
+    view = train.filtered(16)  # a view of the long clips: same records, same randomness
+    assert view.clip_ids.tolist() == train.clip_ids[train.long_clips()].tolist()
+    assert view.num_clips == train.num_clips - train.short_clip_count() and train.filtered(0) is train
+    kw = dict(train=True, global_batch=view.num_clips, seed=5, epoch=3, size=12, process_index=0, process_count=1)
+    (from_view,) = iterate_clip_batches(view, shuffle=False, **kw)
+    (from_all,) = iterate_clip_batches(train, shuffle=False, subset=train.long_clips(), **kw)
+    np.testing.assert_array_equal(from_view["frames"], from_all["frames"])
+    np.testing.assert_array_equal(from_view["label"], from_all["label"])
 
 
 @pytest.fixture()

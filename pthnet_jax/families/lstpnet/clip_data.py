@@ -125,6 +125,7 @@ class ClipSplit:
     num_frames: np.ndarray  # (N,) int32: frames stored (= the listed count, checked at import)
     dataset_info: dict[str, Any]
     source: Any  # random-access records (tfds ArrayRecordDataSource)
+    record_ids: np.ndarray | None = None  # (N,) record of each clip in a filtered view; None = clip i
     cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -135,8 +136,27 @@ class ClipSplit:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def record_id(self, index: int) -> int:
+        """The record (line among the imported clips) of clip `index`; it keys the clip's randomness."""
+        return int(index) if self.record_ids is None else int(self.record_ids[index])
+
     def frames(self, index: int) -> RecordFrames:
-        return RecordFrames(self.source[int(index)], f"{self.dataset_dir} split {self.name} record {index}")
+        record = self.record_id(index)
+        frames = RecordFrames(self.source[record], f"{self.dataset_dir} split {self.name} record {record}")
+        if len(frames) != int(self.num_frames[index]):
+            raise DatasetError(f"{self.dataset_dir}: record {record} of split {self.name!r} has {len(frames)} "
+                               f"frames, its index says {int(self.num_frames[index])}; import the dataset again")
+        return frames
+
+    def filtered(self, min_frames: int = MIN_FRAMES) -> "ClipSplit":
+        """A view without the clips under `min_frames` frames (the original's short-clip filter);
+        each kept clip keeps its record's randomness. min_frames <= 1 returns the split itself."""
+        if min_frames <= 1:
+            return self
+        keep = self.long_clips(min_frames)
+        records = keep if self.record_ids is None else self.record_ids[keep]
+        return dataclasses.replace(self, clip_ids=self.clip_ids[keep], labels=self.labels[keep],
+                                   num_frames=self.num_frames[keep], record_ids=records, cache={})
 
     def long_clips(self, min_frames: int = MIN_FRAMES) -> np.ndarray:
         """Indices of the clips the original's short-clip filter keeps (>= min_frames frames)."""

@@ -18,7 +18,7 @@ def load_clip(split, index: int, *, seed: int, epoch: int, train: bool, size: in
               flip: bool = True, segments: int = NUM_SEGMENTS, duration: int = DURATION) -> np.ndarray:
     """(segments * duration, size, size, 3) uint8: clip `index` of `split`, sampled and resized."""
     frames = split.frames(index)
-    indices, flipped = sample_clip(int(split.num_frames[index]), seed=seed, epoch=epoch, clip=index,
+    indices, flipped = sample_clip(int(split.num_frames[index]), seed=seed, epoch=epoch, clip=split.record_id(index),
                                    train=train, flip=flip, segments=segments, duration=duration)
     return clip_frames(frames, indices, size=size, flip=flipped,
                        where=f"{split.dataset_dir} split {split.name} clip {index} ({split.clip_ids[index]})")
