@@ -66,6 +66,11 @@ def test_eval_batches_equal_pillow_on_the_raw_frames(synth):
     assert valid.tolist() == [True] * 7 + [False] and index.tolist() == list(range(7)) + [0]
     assert np.concatenate([b["label"] for b in batches]).tolist() == split.labels.tolist() + [0]
     assert not frames[7].any()
+    padded = list(iterate_clip_batches(split, train=False, global_batch=4, process_index=0, process_count=1,
+                                       size=8, pad_with_clips=True, start_step=1))[0]
+    assert padded["frames"][3].any() and not padded["valid"][3] and padded["index"][3] == 0
+    np.testing.assert_array_equal(padded["frames"][3], next(iterate_clip_batches(
+        split, train=False, global_batch=4, process_index=0, process_count=1, size=8))["frames"][0])
     for i in (0, 3, 6):
         want = _pillow_clip(synth["root"] / split.clip_ids[i], reference_eval_indices(int(split.num_frames[i])), 224)
         np.testing.assert_array_equal(frames[i], want)

@@ -50,11 +50,13 @@ def iterate_clip_batches(split, *, train: bool, global_batch: int, seed: int = 0
                          plan: tuple[np.ndarray, np.ndarray] | None = None, start_step: int = 0,
                          stop_step: int | None = None, size: int = IMAGE_SIZE, flip: bool = True,
                          num_devices: int | None = None, num_threads: int = 4,
-                         shuffle: bool | None = None) -> Iterator[dict[str, Any]]:
+                         shuffle: bool | None = None, pad_with_clips: bool = False) -> Iterator[dict[str, Any]]:
     """One epoch's batches for this process: frames (B, T, size, size, 3) uint8, label (B,) int32,
     valid (B,) bool, index (B,) int32 (the clip's record index; 0 on padding rows).
 
-    The last global batch is padded with valid=False rows (zero frames, label 0). `plan` (indices,
+    The last global batch is padded with valid=False rows (label 0, index 0) of zero frames, or with
+    `pad_with_clips` the frames of the clip the plan names there (clip 0), so that the batch
+    statistics of a BatchNorm model see real images only. `plan` (indices,
     valid) replaces the epoch plan made here from (seed, epoch, shuffle, min_frames, subset);
     `start_step`/`stop_step` select a range of its steps. With `num_devices` every array gets a
     leading (num_devices, B // num_devices) layout. Decoding runs in `num_threads` grain threads
@@ -84,7 +86,7 @@ def iterate_clip_batches(split, *, train: bool, global_batch: int, seed: int = 0
 
     def load(row: int) -> dict[str, Any]:
         index, ok = int(rows_index[row]), bool(rows_valid[row])
-        if ok:
+        if ok or pad_with_clips:
             frames = load_clip(split, index, seed=seed, epoch=epoch, train=train, size=size, flip=flip)
         else:
             frames = np.zeros((frames_per_clip, size, size, 3), np.uint8)
