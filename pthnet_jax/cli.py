@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-video": ("pthnet_jax.commands.demo_video", "the whole video path on synthetic clips, nothing downloaded"),
     "import-clips": ("pthnet_jax.commands.import_clips", "import LSTPNet clip lists (frame folders or videos) into TFDS"),
     "synth-clips": ("pthnet_jax.commands.synth_clips", "write synthetic LSTPNet clips (JPEG frame folders + lists)"),
+    "demo-lstpnet": ("pthnet_jax.commands.demo_lstpnet", "LSTPNet end to end on synthetic clips (CPU, nothing downloaded)"),
     "bench-extract": ("pthnet_jax.benchmarks.extract", "feature extraction speed against PyTorch (one window f32, batched bf16)"),
 }
 
