@@ -12,7 +12,8 @@ from pthnet_jax.configs import default
 
 LSTPNET_MODEL = dict(num_classes=0,  # 0: the dataset's class count (from its metadata)
                      num_frames=16, widths=(64, 128, 256, 512), depth=2, num_heads=8, head_dim=64,
-                     mlp_dim=4096, bn_momentum=0.9, bn_epsilon=1e-5, norm_eps=1e-5)
+                     mlp_dim=4096, bn_momentum=0.9, bn_epsilon=1e-5, norm_eps=1e-5,
+                     image_size=224)  # frames resized to image_size x image_size (kept in the checkpoint)
 
 
 def lstpnet_config(benchmark: str) -> ml_collections.ConfigDict:
@@ -26,7 +27,7 @@ def lstpnet_config(benchmark: str) -> ml_collections.ConfigDict:
         mode="streaming",  # frames are decoded, sampled and resized on the host (grain)
         train_split="train>=16",  # the original drops clips under 16 frames; "train" keeps them
         test_split="test",  # the whole list; "test>=16" is the paper's filtered list
-        image_size=224, flip=True, num_threads=4))
+        flip=True, num_threads=4))
     config.optim = ml_collections.ConfigDict(dict(
         lr=0.01, momentum=0.9, weight_decay=1e-4, milestones=(40, 80), gamma=0.1))
     config.train.epochs = 100

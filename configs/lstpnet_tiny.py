@@ -8,7 +8,7 @@ def get_config():
     config.model.num_heads = 2
     config.model.head_dim = 8
     config.model.mlp_dim = 48
-    config.data.image_size = 32
+    config.model.image_size = 32
     config.data.train_split = "train"
     config.data.num_threads = 2
     config.optim.milestones = ()

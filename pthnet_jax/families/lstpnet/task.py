@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Inputs:
     """The static options of the clip reader."""
 
-    image_size: int = 224
+    image_size: int = 224  # the model config's (frames resized to image_size x image_size)
     flip: bool = True  # the training flip (one decision per clip, p = 0.5)
     num_threads: int = 4  # grain decoding threads per process
 
@@ -71,12 +71,12 @@ class LstpnetTask:
 
     # ---- model --------------------------------------------------------------------------------
     def model_config(self, model_section: dict, num_classes: int | None = None):
-        from pthnet_jax.families.lstpnet.model import LSTPNetConfig
+        from pthnet_jax.families.lstpnet.run_config import LstpnetRunConfig
 
         fields = dict(model_section)
         if not fields.get("num_classes") and num_classes:
             fields["num_classes"] = num_classes
-        return LSTPNetConfig.from_dict(fields)
+        return LstpnetRunConfig.from_dict(fields)
 
     def model_config_problems(self, model_section: dict) -> list[str]:
         fields = dict(model_section)
@@ -89,9 +89,9 @@ class LstpnetTask:
         return []
 
     def config_from_dict(self, values: dict):
-        from pthnet_jax.families.lstpnet.model import LSTPNetConfig
+        from pthnet_jax.families.lstpnet.run_config import LstpnetRunConfig
 
-        return LSTPNetConfig.from_dict(values)
+        return LstpnetRunConfig.from_dict(values)
 
     def model(self, model_config, dtype: Any = None):
         import jax.numpy as jnp
@@ -101,9 +101,21 @@ class LstpnetTask:
         return LSTPNet(model_config, dtype=jnp.float32 if dtype is None else dtype)
 
     def init(self, model, key) -> dict:
-        from pthnet_jax.families.lstpnet.model import init_variables
+        """model.init_variables' numpy draws (compiling Flax's init takes minutes on a CPU), seeded by
+        `key`'s bits; a host callback, so it also runs where the trainer traces it under jit."""
+        import jax
+        import numpy as np
 
-        return dict(init_variables(model.config, key))
+        from pthnet_jax.families.lstpnet.model import init_variables, variable_shapes
+
+        config = model.config
+        if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+
+        def draw(bits):
+            return init_variables(config, seed=[int(b) for b in np.asarray(bits).reshape(-1)])
+
+        return dict(jax.pure_callback(draw, variable_shapes(config), key))
 
     def abstract_variables(self, model_config) -> dict:
         from pthnet_jax.families.lstpnet.model import variable_shapes
@@ -112,11 +124,17 @@ class LstpnetTask:
 
     def describe(self, config) -> str:
         return (f"widths={tuple(config.widths)} depth={config.depth} heads={config.num_heads}x{config.head_dim} "
-                f"mlp_dim={config.mlp_dim} num_classes={config.num_classes} frames={config.num_frames}")
+                f"mlp_dim={config.mlp_dim} num_classes={config.num_classes} frames={config.num_frames}x"
+                f"{getattr(config, 'image_size', 224)}^2")
 
     # ---- data ---------------------------------------------------------------------------------
     def open(self, data_dir, split: str):
         return open_split(data_dir, split)
+
+    def dataset_dir(self, data_dir):
+        from pthnet_jax.data.builder import find_dataset_dir
+
+        return find_dataset_dir(data_dir)
 
     def check_fits(self, model_config, split) -> None:
         from pthnet_jax.families.lstpnet.clips import DURATION, NUM_SEGMENTS
@@ -132,7 +150,7 @@ class LstpnetTask:
 
     def input_options(self, model_config, data_section: Any = None) -> Inputs:
         get = (lambda key, default: default) if data_section is None else data_section.get
-        return Inputs(image_size=int(get("image_size", 224)), flip=bool(get("flip", True)),
+        return Inputs(image_size=int(getattr(model_config, "image_size", 224)), flip=bool(get("flip", True)),
                       num_threads=int(get("num_threads", 4)))
 
     def choose_mode(self, split, mode: str) -> str:
