@@ -1,7 +1,8 @@
 """Synthetic clips whose class can be seen, written in the original layout (JPEG frame folders + lists).
 
-Each class has its own face colour and its own motion: a bright square moves across the frame in a
-class-dependent direction, over a noisy background. Frame counts vary (some clips are shorter than
+Each class has its own colour and its own motion: a square of the class's colour moves across the
+frame in a class-dependent direction, over a noisy grey background shared by all classes (a local
+contrast, which per-batch normalisation keeps, rather than a global tint, which it removes). Frame counts vary (some clips are shorter than
 16 frames, so the short-clip filter has something to drop). Layout under ROOT:
   ROOT/frames/<split>/<class>/<clip>/00001.jpg ...   (zero-padded names: sorted = time order)
   ROOT/train.txt, ROOT/test.txt                       (`frames/<split>/<class>/<clip> <count> <label>`)
@@ -29,14 +30,15 @@ def synth_frames(label: int, num_frames: int, rng: np.random.Generator, width: i
     angle = 2 * np.pi * label / max(len(_PALETTE), 1)
     direction = np.array([np.cos(angle), np.sin(angle)])
     start = rng.uniform(0.3, 0.7, size=2) * (width, height)
-    side = max(3, min(width, height) // 4)
+    side = max(4, min(width, height) * 2 // 5)
     yy, xx = np.mgrid[0:height, 0:width]
     frames = np.empty((num_frames, height, width, 3), np.uint8)
+    grey = rng.uniform(90, 130)  # the same kind of background for every class
     for t in range(num_frames):
-        base = colour * rng.uniform(0.85, 1.0) + rng.normal(0, 12, size=(height, width, 3))
+        base = np.full((height, width, 3), grey) + rng.normal(0, 10, size=(height, width, 3))
         cx, cy = start + direction * t * min(width, height) / max(num_frames, 1) * 0.8
         inside = (np.abs(xx - cx % width) < side / 2) & (np.abs(yy - cy % height) < side / 2)
-        base[inside] = 255 - 0.3 * colour
+        base[inside] = colour * rng.uniform(0.9, 1.1)  # a square of the class's colour, moving its way
         frames[t] = np.clip(base, 0, 255).astype(np.uint8)
     return frames
 

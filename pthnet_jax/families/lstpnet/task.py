@@ -11,13 +11,11 @@ Evaluation defaults to the whole test list; opening a split says how many clips 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from typing import Any, Iterator
 
 DISPLAY_NAME = "LSTPNet"
 _SPLIT = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+?)\s*(>=\s*(?P<min>\d+))?$")
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +36,12 @@ def parse_split(text: str) -> tuple[str, int]:
     return match["name"], int(match["min"] or 0)
 
 
+def _first_process() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
 def open_split(data_dir, split: str):
     """The clips of `split` (see parse_split), with a note of the short clips it keeps or drops."""
     from pthnet_jax.families.lstpnet.clip_data import open_clip_split
@@ -55,8 +59,9 @@ def open_split(data_dir, split: str):
                 f"(the original's filter would drop them: split '{name}>={MIN_FRAMES}')")
     view.dataset_info = {**view.dataset_info, "split_filter": min_frames, "short_clips": short,
                          "listed_clips": opened.num_clips}
-    log.info("LSTPNet %s", note)
     view.cache["note"] = note
+    if _first_process():  # the trainer and `pthnet evaluate` show it with their own output
+        print(f"LSTPNet {note}", flush=True)
     return view
 
 
