@@ -1,7 +1,7 @@
-"""A tiny LSTPNet trains through `pthnet train` on synthetic clips (colour and motion per class) to a
-held-out accuracy far above chance, and its checkpoint evaluates the same through `pthnet evaluate`."""
-import json
-
+"""LSTPNet through the shared harness: a tiny model trains with `pthnet train` on synthetic clips
+(colour and motion per class) to a held-out accuracy far above chance, and `pthnet evaluate` of its
+best checkpoint gives the training's own test numbers (same frames, same size, same statistics)."""
+import numpy as np
 import pytest
 
 from pthnet_jax import cli
@@ -9,26 +9,54 @@ from pthnet_jax.families.lstpnet.clip_import import import_clips
 from pthnet_jax.families.lstpnet.clip_synth import write_synth_clips
 
 
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lstp_train")
+    lists = write_synth_clips(base / "clips", clips=140, test_clips=70, seed=0)
+    return import_clips(lists["train"], lists["test"], base / "clips", base / "data", benchmark="DFEW", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lstp_small")
+    lists = write_synth_clips(base / "clips", clips=7, test_clips=7, width=16, height=12, seed=1)
+    return import_clips(lists["train"], lists["test"], base / "clips", base / "data", benchmark="DFEW", quiet=True)
+
+
+def test_task_basics(small, capsys):
+    from pthnet_jax.configs import lstpnet_tiny
+    from pthnet_jax.task import get_task
+
+    task = get_task("lstpnet")
+    config = lstpnet_tiny.get_config()
+    model_config = task.model_config(config.model.to_dict(), 7)
+    assert model_config.image_size == 32 and task.config_from_dict(model_config.to_dict()) == model_config
+    assert task.model_config_problems({**config.model.to_dict(), "image_size": 4})  # named, not raised
+    split = task.open(small, "test>=16")
+    whole = task.open(small, "test")
+    assert split.num_clips == whole.num_clips - whole.dataset_info["short_clips"] < whole.num_clips
+    short = whole.short_clip_count()
+    assert f"split 'test': all 7 clips; {short} have fewer than 16 frames" in capsys.readouterr().out
+    with pytest.raises(KeyError, match="split 'test>=x'"):
+        task.open(small, "test>=x")
+    variables = task.init(task.model(model_config), __import__("jax").random.key(1))
+    again = task.init(task.model(model_config), __import__("jax").random.key(1))
+    leaves = __import__("jax").tree.leaves
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(variables), leaves(again)))
+    assert set(variables) == {"params", "batch_stats"}
+
+
 @pytest.mark.slow
-def test_tiny_lstpnet_trains_far_above_chance(tmp_path, capsys):
-    lists = write_synth_clips(tmp_path / "clips", clips=84, test_clips=42, min_frames=12, max_frames=30, seed=3)
-    data = import_clips(lists["train"], lists["test"], tmp_path / "clips", tmp_path / "data", benchmark="DFEW",
-                        quiet=True)
+def test_tiny_lstpnet_trains_far_above_chance_and_evaluates_the_same(clips, tmp_path, capsys):
+    from pthnet_jax.commands.evaluate import run_evaluation
+
     workdir = tmp_path / "run"
-    code = cli.main(["train", "--config", "lstpnet_tiny", "--data", str(data), "--workdir", str(workdir),
-                     "--config.train.epochs=8"])
-    assert code == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    assert "fewer than 16 frames" in out or "LSTPNet" in out
-    best = json.loads((workdir / "best" / "metrics.json").read_text()) if (workdir / "best" / "metrics.json").exists() \
-        else None
-    war = _best_war(workdir, out) if best is None else best["WAR"]
-    assert war >= 50.0, f"best test WAR {war:.1f} (chance 14.3)"
-
-
-def _best_war(workdir, out: str) -> float:
-    import re
-
-    found = re.findall(r"best epoch \d+ by test WAR: UAR [\d.]+ WAR ([\d.]+)", out)
-    assert found, out[-2000:]
-    return float(found[-1])
+    code = cli.main(["train", "--config", "lstpnet_tiny", "--data", str(clips), "--workdir", str(workdir),
+                     "--config.train.epochs=6"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert "LSTPNet split 'test': all 70 clips;" in out  # the short-clip count, whole list evaluated
+    result = run_evaluation(workdir / "best", clips, tmp_path / "evaluation")
+    # Deterministic on a CPU: 58.6 measured (chance 14.3); the bound leaves room for other platforms.
+    assert result["WAR"] >= 40.0, f"best test WAR {result['WAR']:.1f} (chance 14.3)\n{out[-3000:]}"
+    assert f"test UAR {result['UAR']:.2f} WAR {result['WAR']:.2f}" in out  # the training's own numbers
