@@ -115,7 +115,7 @@ def _check_model_fits_data(model_cfg: ModelConfig, split) -> None:
                             "or 0 (take it from the dataset)")
     if split.feature_dim != model_cfg.n_in:
         raise TrainingError(f"the dataset's features have {split.feature_dim} channels but "
-                            f"config.model.n_in is {model_cfg.n_in}")
+                            f"config.model.n_in is {model_cfg.n_in}; set --config.model.n_in={split.feature_dim}")
 
 
 def _epoch_spec(config: ml_collections.ConfigDict, data: _Data, model_cfg: ModelConfig) -> EpochSpec:

@@ -163,7 +163,22 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path] | int:
     if values.data:
         with config.unlocked():
             config.data.data_dir = values.data
+    fit_feature_width(config, argv)
     return config, Path(values.workdir)
+
+
+def fit_feature_width(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+    """`model.n_in` from the data's feature width (e.g. 384/768 for a smaller VideoMAE), unless
+    `--config.model.n_in` is on the command line."""
+    from pthnet_jax.data.builder import dataset_feature_dim
+
+    if any(a.startswith(("--config.model.n_in", "-config.model.n_in")) for a in argv):
+        return
+    width = dataset_feature_dim(config.data.data_dir) if config.data.get("data_dir") else None
+    if width and width != config.model.n_in:
+        print(f"pthnet train: model.n_in = {width}, the width of the data's features (the config says "
+              f"{config.model.n_in}; --config.model.n_in=N to choose)", file=sys.stderr)
+        config.model.n_in = width
 
 
 def record_training_data(workdir: Path, data_dir: str) -> None:
