@@ -101,3 +101,26 @@ def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-heads", type=int,
                         help="attention heads of a backbone whose width is outside the VideoMAE V2 family "
                              "(the shapes do not tell it)")
+
+
+def swapped_hint(path: Path, role: str) -> str | None:
+    """When a file given as `role` ('--backbone' or '--checkpoint') is the other kind, say so."""
+    from pthnet_jax.convert import videomae
+
+    if not Path(path).is_file():
+        return None
+    try:
+        state_dict, _ = videomae.read_state_dict(path)
+    except Exception:  # noqa: BLE001 - unreadable: the original error says why
+        return None
+    if role == "--checkpoint" and videomae.is_videomae(state_dict):
+        return f"{path} is a VideoMAE V2 backbone, not a PTH-Net checkpoint: pass it as --backbone"
+    if role == "--backbone" and not videomae.is_videomae(state_dict):
+        from pthnet_jax.convert.mapping import infer_config, strip_prefix
+
+        try:
+            infer_config(strip_prefix(state_dict)[0])
+        except Exception:  # noqa: BLE001
+            return None
+        return f"{path} is a PTH-Net checkpoint, not a VideoMAE V2 backbone: pass it as --checkpoint"
+    return None
