@@ -240,8 +240,9 @@ def evaluate(checkpoint, data_dir, split: str = "test", rv_checkpoint=None, rv_d
 
     Before any work, what the checkpoints and datasets record is checked: a checkpoint trained here
     must match its data (benchmark, fold, label set, face, direction); for fusion the forward data
-    must be forward and `rv_data` reversed, and a checkpoint without a record (an imported `.pth`)
-    needs `allow_unrecorded`. Returns (result, arrays): the JSON-able metrics (with the per-model
+    must be forward and `rv_data` reversed; a checkpoint without a record (an imported `.pth`) is
+    fused when both datasets record their direction (what is not checked is in `checks`), and
+    otherwise needs `allow_unrecorded`. Returns (result, arrays): the JSON-able metrics (with the per-model
     ones, the mu sweep when fused, and `checks`: what was verified and what could not be) and the
     arrays behind them (clip ids, labels, logits).
     """
@@ -255,12 +256,17 @@ def evaluate(checkpoint, data_dir, split: str = "test", rv_checkpoint=None, rv_d
     checks: dict[str, list] = {"verified": [], "unchecked": []}
     fused = rv_checkpoint is not None
     data = dataset_record(data_dir)
+    # Fusing checkpoints without a record (the original's two .pth files) goes on, with what is not
+    # checked in the output, when the data record their directions (--allow-unrecorded not needed).
+    directions_known = False
     if fused:
         rv_record = dataset_record(rv_data)
         check_directions(data, rv_record, checks, allow_unrecorded)
-    check_checkpoint_data("forward" if fused else "evaluated", checkpoint, data, checks, allow_unrecorded, fused)
+        directions_known = "reverse" in data and "reverse" in rv_record
+    check_checkpoint_data("forward" if fused else "evaluated", checkpoint, data, checks, allow_unrecorded,
+                          fused and not directions_known)
     if fused:
-        check_checkpoint_data("backward", rv_checkpoint, rv_record, checks, allow_unrecorded, True)
+        check_checkpoint_data("backward", rv_checkpoint, rv_record, checks, allow_unrecorded, not directions_known)
         from pthnet_jax.data import open_split
 
         check_clip_order(open_split(data_dir, split), open_split(rv_data, split))

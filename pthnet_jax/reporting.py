@@ -258,13 +258,14 @@ class Logger:
                            for split in ("val", "test") if split in record])
         print(line, flush=True)
         atomic_write_json(self.workdir / "history.json", run.history, indent=1)
+        self._selected = (getattr(run, "best", None) or {}).get("epoch")
         if self._curves_drawn_at is None or time.monotonic() - self._curves_drawn_at >= self.curves_every_s:
             self._draw_curves(run.history)
         else:
             self._curves_pending = list(run.history)
 
     def _draw_curves(self, history: list[dict[str, Any]]) -> None:
-        plot_curves(history, self.workdir / "training_curves.png")
+        plot_curves(history, self.workdir / "training_curves.png", getattr(self, "_selected", None))
         self._curves_drawn_at, self._curves_pending = time.monotonic(), None
 
     def finish(self) -> None:
@@ -295,11 +296,13 @@ def _same_record(a: Any, b: dict[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k != "save_seconds"} == {k: v for k, v in b.items() if k != "save_seconds"}
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(history: list[dict[str, Any]], path: Path, selected: int | None = None) -> None:
+    """Loss and accuracy per epoch (whole-number ticks); `selected`: the selected (best) epoch, marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -312,6 +315,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         if rows:
             ax_acc.plot([e for e, _ in rows], [m["WAR"] for _, m in rows], "s-", label=f"{split} WAR")
             ax_acc.plot([e for e, _ in rows], [m["UAR"] for _, m in rows], "^--", label=f"{split} UAR")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if selected is not None:
+            ax.axvline(selected, color="0.4", linestyle=":", label=f"selected epoch {selected}")
     ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("%"), ax_acc.legend(), ax_acc.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)

@@ -193,6 +193,20 @@ def record_training_data(workdir: Path, data_dir: str) -> None:
         pass
 
 
+def remove_unstarted_workdir(workdir: Path, created: bool) -> None:
+    """A run that failed before its first checkpoint leaves no workdir behind (its data.json, lock...),
+    when this run created it; a workdir that existed, or holds a checkpoint, is kept."""
+    import shutil
+
+    import jax
+
+    if not created or jax.process_index() != 0 or not workdir.is_dir():
+        return
+    if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
     parsed = parse_args(argv)
     if isinstance(parsed, int):
@@ -202,12 +216,17 @@ def main(argv: list[str]) -> int:
     from pthnet_jax.train import TrainingError, train_and_evaluate
 
     parallel.maybe_initialize_distributed()
+    created = not workdir.exists()
     record_training_data(workdir, config.data.data_dir)
     try:
         summary = train_and_evaluate(config, workdir)
     except TrainingError as err:
+        remove_unstarted_workdir(workdir, created)
         print(f"pthnet train: {err}", file=sys.stderr)
         return USAGE_EXIT
+    except BaseException:
+        remove_unstarted_workdir(workdir, created)
+        raise
     if summary.get("interrupted"):
         print(f"pthnet train: interrupted, re-run to resume (the same command continues from step "
               f"{summary.get('step')} saved in {workdir})", file=sys.stderr)
