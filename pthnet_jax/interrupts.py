@@ -98,8 +98,8 @@ def reset() -> None:
 
 
 def pending() -> int | None:
-    """The first signal received since `handle_signals` began, or None."""
-    return _state.pending
+    """The first signal received since `handle_signals` began, or None (always None without it)."""
+    return _state.pending if _state.program is not None else None
 
 
 @contextlib.contextmanager
