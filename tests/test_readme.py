@@ -34,6 +34,15 @@ SKIPPED = {
     'pthnet predict clip.mp4 --backbone vit_g_hybrid_pt_1200e_k710_ft.pth --checkpoint runs/ferv39k/best '
     '--rv-checkpoint runs/ferv39k_rv/best --mu 0.7': "needs the released 2 GB ViT-g; tests/test_video_predict.py "
     "runs predict on a tiny backbone",
+    'pthnet demo-video --workdir demo-video': "minutes; tests/test_video_demo_bench.py runs it smaller, then predict "
+    "with the backbone it keeps",
+    'pthnet predict demo-video/videos/Happy --backbone demo-video/backbone.safetensors --checkpoint '
+    'demo-video/run/best': "needs demo-video's outputs; tests/test_video_demo_bench.py runs it",
+    'pthnet extract demo-video/videos --backbone demo-video/backbone.safetensors --out my-root --dataset Shapes '
+    '--classes Happy,Sad,Neutral,Angry,Surprise,Disgust,Fear --labels demo-video/labels.txt': "needs demo-video's "
+    "outputs; tests/test_video_newuser.py extracts and imports a dataset of its own classes",
+    'pthnet import-features --dataset Shapes --root my-root --out data/shapes': "needs the extract above",
+    'pthnet train --config demo --data data/shapes --workdir runs/shapes': "needs the import above",
 }
 
 

@@ -206,15 +206,23 @@ def test_predict_arguments(videos, tmp_path, capsys):
     assert [p.relative_to(videos).as_posix() for p in found] == ["a/one.mp4", "a/two.mp4", "b/three.mp4", "a/one.mp4"]
 
 
-def test_a_backbone_passed_as_checkpoint_is_named(tmp_path):
+def test_a_backbone_outside_the_family_widths_and_one_passed_as_checkpoint(tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from pthnet_jax.video.backbone import swapped_hint
+    from pthnet_jax.convert.cli import main as convert_main
+    from pthnet_jax.video.backbone import load_backbone, swapped_hint
     from videomae_torch_reference import VisionTransformer
 
     model = VisionTransformer(dim=32, depth=1, heads=2, hidden=32, patch=32, num_classes=2)
     torch.save({"module": model.state_dict()}, tmp_path / "vit.pth")
     assert "pass it as --backbone" in swapped_hint(tmp_path / "vit.pth", "--checkpoint")
     assert swapped_hint(tmp_path / "vit.pth", "--backbone") is None
+    with pytest.raises(ValueError, match="--num-heads N"):  # width 32: not a width of the family
+        load_backbone(tmp_path / "vit.pth")
+    assert load_backbone(tmp_path / "vit.pth", num_heads=2).dim == 32
+    assert convert_main([str(tmp_path / "vit.pth"), str(tmp_path / "out"), "--num-heads", "2"]) == 2
+    assert "32-d, 1 blocks, 2 heads" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_backbone(tmp_path)
 
 
 def test_time_line_curves_and_bench_extract_help(tmp_path, capsys, monkeypatch):
