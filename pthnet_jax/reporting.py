@@ -142,7 +142,10 @@ class StepTrace:
 
 
 class EpochProgress:
-    """A tqdm bar per epoch with loss, accuracy, clips/s and ETA."""
+    """A tqdm bar per epoch with loss, accuracy, clips/s and ETA; before a process's first bar, a line
+    saying that the step compiles first (the bar would otherwise sit at 0% as if hung)."""
+
+    compile_noted = False
 
     def __init__(self, epoch: int, epochs: int, steps: int, first: int, global_batch: int, enabled: bool,
                  resume: dict | None = None):
@@ -150,6 +153,12 @@ class EpochProgress:
         so the epoch's record covers all of its steps."""
         from tqdm.auto import tqdm
 
+        if enabled and not EpochProgress.compile_noted:
+            EpochProgress.compile_noted = True
+            cache = jax.config.jax_compilation_cache_dir
+            print(f"compiling the training step before the first step (first run of these shapes only; "
+                  f"{f'cached in {cache}' if cache else 'compilation cache off'}): the bar may sit at 0% a while",
+                  flush=True)
         self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                         disable=not enabled, dynamic_ncols=True, leave=True)
         self.totals = {"total": 0.0, "ce": 0.0, "correct": 0.0, "count": 0.0}

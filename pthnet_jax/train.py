@@ -275,9 +275,6 @@ def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: Ep
 
     replicated = parallel.replicate(state)
     with StopOnSignal() as stop:
-        cache = jax.config.jax_compilation_cache_dir
-        log(f"compiling the training step before the first step (first run of these shapes only; "
-            f"{f'cached in {cache}' if cache else 'compilation cache off'}): the bar may sit at 0% for a while")
         for epoch in range(int(state.step) // spec.steps_per_epoch, tcfg.epochs):
             order = data.train_ids[epoch_order(len(data.train_ids), seed=spec.seed, epoch=epoch, shuffle=True)]
             plan = batch_plan(order, global_batch=spec.global_batch, process_index=jax.process_index(),

@@ -62,6 +62,17 @@ def resolve_benchmark(dataset: str, root: Path, lists: Path | None, classes: str
     return custom_benchmark(dataset, parse_classes(classes))
 
 
+def _list_files(lists_dir: Path, list_name: str, face: bool, reverse: bool, split: str) -> dict[str, Path]:
+    list_files = {lvl: lists_dir / level_folder(lvl, face, reverse) / list_name for lvl in LEVELS}
+    for lvl, path in list_files.items():
+        if not path.is_file():
+            raise DataListError(f"{path}: data list not found (level {lvl}, split {split}); expected "
+                                f"the original layout under {lists_dir}. `pthnet extract --labels FILE` "
+                                "writes the lists: a clip goes to train or test by the third column of "
+                                "FILE (lines without one go to --split, test by default)")
+    return list_files
+
+
 def infer_feature_dim(root: Path, clip: Clip, list_file: Path) -> int:
     """The width of the features, from the first clip's H-level file (main thread: np.load is not thread-safe)."""
     path = root / clip.paths["H"]
@@ -104,14 +115,7 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
     written: dict[str, list[Clip]] = {split: [] for split in SPLITS}
     splits, list_files_by_split, list_hashes = {}, {}, {}
     for split in SPLITS:
-        list_name = bench.list_file(split, fold)
-        list_files = {lvl: lists_dir / level_folder(lvl, face, reverse) / list_name for lvl in LEVELS}
-        for lvl, path in list_files.items():
-            if not path.is_file():
-                raise DataListError(f"{path}: data list not found (level {lvl}, split {split}); expected "
-                                    f"the original layout under {lists_dir}. `pthnet extract --labels FILE` "
-                                    "writes the lists: a clip goes to train or test by the third column of "
-                                    "FILE (lines without one go to --split, test by default)")
+        list_files = _list_files(lists_dir, bench.list_file(split, fold), face, reverse, split)
         clips = align_lists(list_files, len(names), on_error=(lambda e: skipped.append(str(e))) if skip_bad else None)
         splits[split] = (clips, list_files)
         if feature_dim is None and clips:
