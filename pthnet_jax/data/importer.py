@@ -56,7 +56,7 @@ def resolve_benchmark(dataset: str, root: Path, lists: Path | None, classes: str
     if classes is None and declared.is_file():
         classes = str(declared)
     if classes is None:
-        raise ValueError(f"unknown dataset {dataset!r}: not one of the eight benchmarks {sorted(BENCHMARKS)}, and "
+        raise ValueError(f"unknown benchmark or dataset {dataset!r}: not one of the eight benchmarks {sorted(BENCHMARKS)}, and "
                          f"{declared} (the classes of a dataset of your own, written by `pthnet extract --classes`) "
                          "does not exist; pass --classes 'name0,name1,...' (or a file, one name per line)")
     return custom_benchmark(dataset, parse_classes(classes))
