@@ -13,7 +13,14 @@ windows of many clips share fixed-size batches on every local device while backg
 decode the next clips. Resumable: a clip whose files all exist is skipped, every file is written
 atomically, so a killed run re-run ends with the same files. Clips that cannot be decoded are listed
 in ROOT/skipped.json and the rest goes on. Several processes (PTHNET_COORDINATOR,
-PTHNET_NUM_PROCESSES, PTHNET_PROCESS_ID, as for training) split the clips between them.
+PTHNET_NUM_PROCESSES, PTHNET_PROCESS_ID, as for training) split the clips between them. Ctrl-C stops
+after the clip at hand (exit 75); the same command resumes.
+
+Before anything is decoded: NAME is a benchmark (FERv39k, DFEW, ...) or a dataset of your own with
+--classes 'a,b,c' (labels: class names or numbers 0..K-1; ROOT/annotation/NAME/classes.txt is written
+for import-features); every label is checked. ROOT/get_features/NAME/extract_record.json records the
+backbone (sha256 of its weights, width, dtype) and the schedule; a re-run that differs is refused
+(--force deletes NAME's features and lists and starts over).
 """
 from __future__ import annotations
 
