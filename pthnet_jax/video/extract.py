@@ -173,7 +173,8 @@ def extract(videos: str | os.PathLike, out: str | os.PathLike, dataset: str, bac
     label_map, class_list, notes = _check_inputs(videos, out, dataset, labels, split, classes, paths, names)
     variants = [variant_folder(s, d, options.face) for s in options.strides for d in options.directions]
     record = rec.make_record(backbone, options)
-    forced = rec.check_root(out, dataset, record, variants, force and process == 0)
+    # With --force, process 0 deletes and the others wait for it; otherwise every process checks.
+    forced = rec.check_root(out, dataset, record, variants, force) if process == 0 or not force else None
     if processes > 1:
         from jax.experimental import multihost_utils
 
