@@ -173,6 +173,9 @@ def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14,
     from pthnet_jax.video.extract import ExtractOptions, extract
     from pthnet_jax.video.predict import format_table, predict_videos
 
+    from pthnet_jax.reporting import enable_compilation_cache
+
+    enable_compilation_cache()  # extraction compiles too (training would turn it on only later)
     temporary = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="pthnet-demo-video-") if temporary else workdir).absolute()
     times: dict[str, float] = {}
