@@ -194,7 +194,7 @@ def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14,
         labels = synthesize_videos(videos, train_per_class, test_per_class, seed)
         print(f"[1/4] {len(CLASSES) * (train_per_class + test_per_class)} synthetic videos in {videos}")
         stage("synthesize")
-        backbone = demo_backbone(seed)
+        backbone = demo_backbone(seed)  # a plain VideoMAE: its params are what backbone.safetensors holds
         summary = extract(videos, root, "FERv39k", backbone, labels=labels,
                           options=ExtractOptions(directions=("forward",)))
         print(f"[2/4] extracted {summary['distinct_windows']} windows ({summary['windows_per_second']:.1f} windows/s) "
@@ -233,7 +233,11 @@ def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14,
         print(f"pthnet demo-video finished in {total:.0f}s: held-out accuracy {accuracy:.1f}% over {len(paths)} "
               f"videos (chance {100 / len(CLASSES):.1f}%); seconds per stage {times}")
         if not temporary:
-            backbone_file = write_demo_backbone(workdir / "backbone.safetensors", seed)
+            from pthnet_jax.models.videomae import VideoMAEConfig
+            from pthnet_jax.video.backbone import save_backbone
+
+            backbone_file = save_backbone(workdir / "backbone.safetensors", VideoMAEConfig(**DEMO_BACKBONE_CONFIG),
+                                          backbone.params)
             print(f"  videos {videos} (labels {labels})\n  features {root}\n  checkpoint {run_dir / 'best'}\n"
                   f"  backbone {backbone_file} (for --backbone)\n"
                   f"try: pthnet predict {videos} --backbone {backbone_file} --checkpoint {run_dir / 'best'}")
