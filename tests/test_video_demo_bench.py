@@ -60,4 +60,9 @@ def test_demo_video_runs_end_to_end(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "videos" / "Happy"), "--backbone", str(tmp_path / "backbone.safetensors"),
                  "--checkpoint", str(tmp_path / "run" / "best"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
+    from pthnet_jax.video.predict import predict_files
+
+    row = predict_files(tmp_path / "videos" / "Happy" / "test_000.mp4", tmp_path / "backbone.safetensors",
+                        tmp_path / "run" / "best")[0]
+    assert list(row["probabilities"]) == list(CLASSES) and row["label"] in CLASSES
     assert "Happy/test_000.mp4" in printed and "Happy/train_001.mp4" in printed and all(c in printed for c in CLASSES)

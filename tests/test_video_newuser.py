@@ -206,6 +206,17 @@ def test_predict_arguments(videos, tmp_path, capsys):
     assert [p.relative_to(videos).as_posix() for p in found] == ["a/one.mp4", "a/two.mp4", "b/three.mp4", "a/one.mp4"]
 
 
+def test_predict_videos_takes_one_path_as_one_clip():
+    from types import SimpleNamespace
+
+    from pthnet_jax.video.decode import DecodeError
+    from pthnet_jax.video.predict import predict_videos
+
+    model = SimpleNamespace(config=SimpleNamespace(n_in=TOY_DIM), dtype=None)
+    with pytest.raises(DecodeError, match="one.mp4: no such video file"):  # not 'o: no such video file'
+        predict_videos("one.mp4", toy_backbone(), model, {})
+
+
 def test_a_backbone_outside_the_family_widths_and_one_passed_as_checkpoint(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from pthnet_jax.convert.cli import main as convert_main
