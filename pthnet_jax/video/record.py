@@ -52,7 +52,8 @@ def make_record(backbone, options) -> dict[str, Any]:
 
 
 def _describe(record: dict[str, Any]) -> str:
-    return (f"{record.get('backbone')} ({record.get('dim')}-d, {record.get('compute_dtype')}, sha256 "
+    name = str(record.get("backbone")).split(" (")[0]  # the name alone: its width and dtype follow
+    return (f"{name} ({record.get('dim')}-d, {record.get('compute_dtype')}, sha256 "
             f"{str(record.get('backbone_sha256'))[:12]}, schedule {record.get('schedule')}/{record.get('end')}/"
             f"{record.get('short')})")
 
