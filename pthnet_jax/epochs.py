@@ -1,6 +1,8 @@
 """Running one training epoch: the resident or streaming step runner, and stopping on a signal.
 
-The trainer picks a runner once, from a small frozen `EpochSpec`; `run_epoch` drives it. The host
+The trainer picks a runner once, from a small frozen `EpochSpec` (which holds the family's task and
+its input options: the runners sample through `task.store`/`task.sample` or `task.stream`);
+`run_epoch` drives it. The host
 reads a device call's metrics only after it has dispatched the next call, so the device never waits
 for Python (progress bar, finiteness check, the next plan).
 

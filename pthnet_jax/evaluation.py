@@ -1,4 +1,6 @@
-"""Evaluation: H-level logits of every clip of a split, the paper's metrics, forward/backward fusion.
+"""Evaluation for every family: a model's logits (`task.predict`) for every clip of a split, the
+paper's metrics, the checks of what a checkpoint and a dataset are, and fusion where the family
+defines it (PTH-Net's forward/backward fusion: `families/pthnet/fusion.py`).
 
 The library behind `pthnet evaluate` (`pthnet_jax.commands.evaluate`, which writes the files and
 plots) and behind the trainer's per-epoch evaluation.
