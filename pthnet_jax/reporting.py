@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pthnet_jax.checkpoint import BEST
+from pthnet_jax.run_checkpoints import BEST
 from pthnet_jax.fsutil import atomic_write, atomic_write_json, save_figure
+from pthnet_jax.timing import compile_note
 
 
 def enable_compilation_cache() -> list[Path]:
@@ -142,26 +143,23 @@ class StepTrace:
 
 
 class EpochProgress:
-    """A tqdm bar per epoch with loss, accuracy, clips/s and ETA; before a process's first bar, a line
-    saying that the step compiles first (the bar would otherwise sit at 0% as if hung)."""
+    """A tqdm bar per epoch with loss, accuracy, clips/s and ETA (the first says the step compiles first)."""
 
     compile_noted = False
 
     def __init__(self, epoch: int, epochs: int, steps: int, first: int, global_batch: int, enabled: bool,
-                 resume: dict | None = None):
+                 resume: dict | None = None, terms: tuple[str, ...] = ("total", "ce")):
         """`resume`: the `snapshot()` of this epoch's steps before `first` (a run resumed mid-epoch),
-        so the epoch's record covers all of its steps."""
+        so the epoch's record covers all of its steps. `terms`: the family's loss terms; the total
+        and the cross-entropy ("ce", when the family has one) are recorded."""
         from tqdm.auto import tqdm
 
         if enabled and not EpochProgress.compile_noted:
             EpochProgress.compile_noted = True
-            cache = jax.config.jax_compilation_cache_dir
-            print(f"compiling the training step before the first step (first run of these shapes only; "
-                  f"{f'cached in {cache}' if cache else 'compilation cache off'}): the bar may sit at 0% a while",
-                  flush=True)
+            print(compile_note("the training step"), flush=True)  # else the bar sits at 0% as if hung
         self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                         disable=not enabled, dynamic_ncols=True, leave=True)
-        self.totals = {"total": 0.0, "ce": 0.0, "correct": 0.0, "count": 0.0}
+        self.totals = {"total": 0.0, **({"ce": 0.0} if "ce" in terms else {}), "correct": 0.0, "count": 0.0}
         self.earlier_seconds = 0.0
         if resume:
             self.totals.update({k: float(v) for k, v in resume["totals"].items() if k in self.totals})
@@ -187,7 +185,8 @@ class EpochProgress:
         self.bar.close()
         count = max(self.totals["count"], 1.0)
         elapsed = self.earlier_seconds + time.perf_counter() - self.started
-        return {"train_loss": self.totals["total"] / count, "train_ce": self.totals["ce"] / count,
+        ce = {"train_ce": self.totals["ce"] / count} if "ce" in self.totals else {}
+        return {"train_loss": self.totals["total"] / count, **ce,
                 "train_accuracy": 100 * self.totals["correct"] / count,
                 "train_clips_per_s": self.totals["count"] / max(elapsed, 1e-9), "epoch_seconds": elapsed}
 
@@ -213,7 +212,7 @@ class Logger:
 
     def _events(self, record: dict[str, Any]) -> None:
         step = record["step"]
-        for key in ("train_loss", "train_ce", "train_accuracy", "train_clips_per_s", "lr"):
+        for key in (k for k in ("train_loss", "train_ce", "train_accuracy", "train_clips_per_s", "lr") if k in record):
             self.writer.add_scalar(f"train/{key.removeprefix('train_')}", record[key], step)
         for split in ("test", "val"):
             for metric, value in record.get(split, {}).items():
@@ -263,8 +262,7 @@ class Logger:
         self._events(record)
         line = " | ".join([f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
                            f"train acc {record['train_accuracy']:.2f}"] +
-                          [f"{split} UAR {record[split]['UAR']:.2f} WAR {record[split]['WAR']:.2f}"
-                           for split in ("val", "test") if split in record])
+                          [f"{split} {_headline(record[split])}" for split in ("val", "test") if split in record])
         print(line, flush=True)
         atomic_write_json(self.workdir / "history.json", run.history, indent=1)
         self._selected = (getattr(run, "best", None) or {}).get("epoch")
@@ -316,14 +314,15 @@ def plot_curves(history: list[dict[str, Any]], path: Path, selected: int | None 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (CE + KL)")
-    ax_loss.plot(epochs, [r["train_ce"] for r in history], "s--", label="train CE(H)")
+    if all("train_ce" in r for r in history):
+        ax_loss.plot(epochs, [r["train_ce"] for r in history], "s--", label="train CE(H)")
     ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend(), ax_loss.grid(alpha=0.3)
     ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train accuracy")
     for split in ("val", "test"):
         rows = [(r["epoch"], r[split]) for r in history if split in r]
         if rows:
-            ax_acc.plot([e for e, _ in rows], [m["WAR"] for _, m in rows], "s-", label=f"{split} WAR")
-            ax_acc.plot([e for e, _ in rows], [m["UAR"] for _, m in rows], "^--", label=f"{split} UAR")
+            for name, style in zip(reversed(_shown(rows[-1][1])), ("s-", "^--")):  # PTH-Net: WAR, UAR
+                ax_acc.plot([e for e, _ in rows], [m[name] for _, m in rows], style, label=f"{split} {name}")
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if selected is not None:
@@ -345,9 +344,17 @@ def final_summary(workdir: Path, run, num_params: int, select_on: str, clock=Non
         best = run.best
         if best:
             metrics = best["metrics"].get(select_on, {})
-            print(f"best epoch {best['epoch']} by {best['split']} {best['metric']}: UAR "
-                  f"{metrics.get('UAR', float('nan')):.2f} WAR {metrics.get('WAR', float('nan')):.2f} "
+            print(f"best epoch {best['epoch']} by {best['split']} {best['metric']}: {_headline(metrics)} "
                   f"(selected on the {select_on} split) -> {workdir / BEST}")
         if clock is not None:
             print(clock.line())
     return summary
+
+
+def _shown(metrics: dict[str, float]) -> list[str]:
+    """The two metrics a line shows: the family's first two (PTH-Net: UAR, WAR)."""
+    return list(metrics)[:2]
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    return " ".join(f"{name} {metrics[name]:.2f}" for name in _shown(metrics))

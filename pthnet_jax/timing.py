@@ -136,6 +136,15 @@ class RunClock:
         return "time: " + describe(self.record(), top)
 
 
+def compile_note(what: str) -> str:
+    """'compiling WHAT before the first step (...)': said before a first step that compiles."""
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    return (f"compiling {what} before the first step (first run of these shapes only; "
+            f"{f'cached in {cache}' if cache else 'compilation cache off'}): the bar may sit at 0% a while")
+
+
 _PROGRAM_WORDS = {"steps": "the training step", "init": "the initial state", "eval": "evaluation",
                   "restore": "restoring", "data": "data placement", "checkpoints": "checkpoints",
                   "logging": "logging"}

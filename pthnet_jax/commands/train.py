@@ -172,7 +172,9 @@ def fit_feature_width(config: ml_collections.ConfigDict, argv: list[str]) -> Non
     `--config.model.n_in` is on the command line."""
     from pthnet_jax.data.builder import dataset_feature_dim
 
-    if any(a.startswith(("--config.model.n_in", "-config.model.n_in")) for a in argv):
+    model = config.get("model")
+    if model is None or "n_in" not in model or any(a.startswith(("--config.model.n_in", "-config.model.n_in"))
+                                                  for a in argv):
         return
     width = dataset_feature_dim(config.data.data_dir) if config.data.get("data_dir") else None
     if width and width != config.model.n_in:
@@ -181,14 +183,15 @@ def fit_feature_width(config: ml_collections.ConfigDict, argv: list[str]) -> Non
         config.model.n_in = width
 
 
-def record_training_data(workdir: Path, data_dir: str) -> None:
-    """WORKDIR/data.json: which dataset (benchmark, fold, direction, lists) the run trains on, so that
-    `pthnet evaluate` can refuse a checkpoint given the wrong data. A missing dataset is left to the
-    trainer to report."""
+def record_training_data(workdir: Path, data_dir: str, family: str | None = None) -> None:
+    """WORKDIR/data.json: which dataset (benchmark, fold, direction, lists, class names) the run of
+    model family `family` trains on, so that `pthnet evaluate` can refuse a checkpoint given the wrong
+    data. A missing dataset or an unknown family is left to the trainer to report."""
     from pthnet_jax.evaluation import write_data_record
+    from pthnet_jax.task import get_task
 
     try:
-        write_data_record(workdir, data_dir)
+        write_data_record(workdir, data_dir, get_task(family))
     except (FileNotFoundError, ValueError):
         pass
 
@@ -217,7 +220,7 @@ def main(argv: list[str]) -> int:
 
     parallel.maybe_initialize_distributed()
     created = not workdir.exists()
-    record_training_data(workdir, config.data.data_dir)
+    record_training_data(workdir, config.data.data_dir, config.get("family"))
     try:
         summary = train_and_evaluate(config, workdir)
     except TrainingError as err:

@@ -120,6 +120,11 @@ def predict_files(videos, backbone: str | os.PathLike | Backbone, checkpoint: st
 
 def _names_from_checkpoint(path: Path) -> list[str] | None:
     from pthnet_jax.data.benchmarks import get_benchmark
+    from pthnet_jax.evaluation import checkpoint_class_names
+
+    recorded = checkpoint_class_names(path)  # what a training run's checkpoint records
+    if recorded:
+        return list(recorded)
 
     candidates = [path, path / "best"] if path.is_dir() else []
     for directory in candidates:
