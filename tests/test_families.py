@@ -143,7 +143,7 @@ def test_a_family_with_batch_norm_trains_resumes_and_evaluates(seam_data, tmp_pa
     # Streaming batches from the host give what sampling on the devices gives.
     train_and_evaluate(seam_family.config(seam_data, **{"data.mode": "streaming"}), tmp_path / "streamed")
     _, streamed, _, _ = _last(tmp_path / "streamed")
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), streamed, variables)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), streamed, variables)
     # The other way of combining the statistics gives other statistics.
     train_and_evaluate(seam_family.config(seam_data, **{"train.model_state_sync": "pmean"}), tmp_path / "pmean")
     _, pmean, _, _ = _last(tmp_path / "pmean")
