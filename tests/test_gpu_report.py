@@ -115,6 +115,22 @@ def test_torch_resident_sampling_matches_the_original_rule():
             assert ((picked >= edges[:-1]) & (picked < edges[1:])).all()
 
 
+def test_configs_and_convert_found_without_an_install():
+    """The device runs the working tree with nothing installed: `pthnet_jax.configs` / `.convert`
+    (pyproject's package-dir) come from the top-level folders through the report's finder."""
+    code = ("import pthnet_jax.benchmarks.gpu_parts as g\n"
+            "try:\n    import pthnet_jax.configs\nexcept ImportError:\n    print('absent before')\n"
+            "g.install_folder_packages()\nimport pthnet_jax.configs.ferv39k as f, pthnet_jax.convert as c\n"
+            "print(f.__file__, c.__file__, f.get_config().train.epochs)")
+    paths = [str(ROOT)] + [p for p in sys.path if p and "site-packages" in p]  # no .pth files: no editable install
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": ":".join(paths), "PATH": "/usr/bin:/bin"}, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.split("\n")
+    assert lines[0] == "absent before"
+    assert lines[1] == f"{ROOT / 'configs' / 'ferv39k.py'} {ROOT / 'convert' / '__init__.py'} 20"
+
+
 def test_wheel_requirements_parse(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

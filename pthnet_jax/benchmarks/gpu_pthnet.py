@@ -46,16 +46,16 @@ def _epoch_cost(record: dict[str, Any]) -> float:
 @contextlib.contextmanager
 def stop_training_at(run_dir: Path, stop_at: float) -> Iterator[dict[str, Any]]:
     """SIGTERM this process (the trainer's own interruption) once the next epoch would end after
-    `stop_at` (time.time()), judged from the last finished epoch in run_dir/history.json. Only while
-    the trainer's handler is installed: after training the signal would end the process."""
+    `stop_at` (time.time()), judged from the last finished epoch in run_dir/history.json; never
+    before the first epoch has finished (the runner's kill at the budget is the limit then). Only
+    while the trainer's handler is installed: after training the signal would end the process."""
     state: dict[str, Any] = {"stopped": False}
     done = threading.Event()
 
     def watch():
         while not done.wait(0.25):
-            history = _history(run_dir)
-            last = _epoch_cost(history[-1]) if history else 0.0
-            if time.time() + 1.05 * last < stop_at:
+            history = _history(run_dir)  # never before the first epoch: a run with no epoch reports nothing
+            if not history or time.time() + 1.05 * _epoch_cost(history[-1]) < stop_at:
                 continue
             if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
                 state["stopped"], state["after_epochs"] = True, len(history)

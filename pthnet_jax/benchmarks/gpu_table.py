@@ -19,8 +19,8 @@ def header(report: dict[str, Any]) -> dict[str, str]:
             "mode": "tiny (CPU smoke run: not a measurement)" if report.get("tiny") else "full size"}
 
 
-def _figures(result: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """The flat numbers and short strings of a result, nested dicts flattened one level deep."""
+def _figures(result: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """The numbers and short strings of a result, nested dicts flattened two levels deep."""
     rows = []
     for key, value in result.items():
         if key in ("summary",) or key.endswith("_text"):
@@ -31,8 +31,8 @@ def _figures(result: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
             rows.append((prefix + key, f"{value:.4g}" if isinstance(value, float) else str(value)))
         elif isinstance(value, str) and len(value) <= 80:
             rows.append((prefix + key, value))
-        elif isinstance(value, dict) and prefix.count(".") < 2:
-            rows.extend(_figures(value, f"{key}."))
+        elif isinstance(value, dict) and depth < 2:
+            rows.extend(_figures(value, f"{prefix}{key}.", depth + 1))
     return rows
 
 

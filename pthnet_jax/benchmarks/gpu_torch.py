@@ -116,9 +116,15 @@ def pthnet_baseline(ctx) -> dict[str, Any]:
     list_dir = write_original_layout(ctx.scratch / "original-layout", arrays)
     result["original_layout_write_s"] = time.perf_counter() - tick
     ctx.record(**result)
+    # Two epochs (the first starts the loader workers) when they fit, else epochs capped in steps.
+    steps = -(-train // 32)
+    epoch_s = max(result["resident"]["epoch_seconds"])
+    left = ctx.remaining() - 10.0 - 2 * epoch_s * test / train  # and two evaluations of the test split
+    cap = None if left > 3.5 * epoch_s else max(10, int(steps * max(left, 0.0) / (3.5 * epoch_s)))
+    result["original_max_train_steps"] = cap
     original = run_baseline(ctx.scratch / "original-layout", list_dir, model_kwargs, epochs=epochs, device=device,
-                            num_workers=0 if ctx.tiny else None, train_list="train_All.txt",
-                            test_list="test_All.txt")
+                            num_workers=0 if ctx.tiny else None, max_train_steps=cap,
+                            train_list="train_All.txt", test_list="test_All.txt")
     result["original_data_path"] = {k: v for k, v in original.items() if k not in ("torch_version", "device")}
     resident, orig = result["resident"], result["original_data_path"]
     result["summary"] = (f"{device}: resident tensors {resident['train_clips_per_s_steady']:.0f} train / "
