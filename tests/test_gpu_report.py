@@ -66,6 +66,36 @@ def test_total_budget_spent_and_bad_names(tmp_path):
     assert sum(p.budget_s for p in PARTS.values()) <= gpu_parts.TOTAL_BUDGET_S <= 480  # under 8 minutes
 
 
+def test_training_stops_after_the_last_epoch_that_fits(tmp_path):
+    import signal
+    import time
+
+    from pthnet_jax.benchmarks.gpu_pthnet import stop_training_at
+
+    got = []
+
+    def wait_for_signal(seconds):
+        until = time.time() + seconds
+        while not got and time.time() < until:
+            time.sleep(0.05)
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))  # the trainer's handler
+    try:
+        with stop_training_at(tmp_path, time.time() - 1) as state:  # past the deadline, but no epoch yet
+            wait_for_signal(1.0)
+        assert got == [] and not state["stopped"]
+        (tmp_path / "history.json").write_text(json.dumps([{"epoch_seconds": 1.0, "eval_seconds": 0.5}]))
+        with stop_training_at(tmp_path, time.time() + 60) as state:  # the next epoch fits
+            wait_for_signal(1.0)
+        assert got == [] and not state["stopped"]
+        (tmp_path / "history.json").write_text(json.dumps([{"epoch_seconds": 1.0}, {"epoch_seconds": 100.0}]))
+        with stop_training_at(tmp_path, time.time() + 60) as state:  # a 100 s epoch would end past it
+            wait_for_signal(5.0)
+        assert got == [signal.SIGTERM] and state == {"stopped": True, "after_epochs": 2}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_memory_splits_feed_open_split():
     from pthnet_jax.benchmarks.gpu_data import MEMORY_DATA_DIR, feature_split, make_split, memory_data
     from pthnet_jax.data import open_split

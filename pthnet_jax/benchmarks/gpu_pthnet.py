@@ -98,8 +98,8 @@ def _run(ctx, dtype: str) -> dict[str, Any]:
     run_dir = ctx.scratch / f"run-{dtype}"
     _compilation_cache(ctx)
     flops = flops_per_clip(model_config(model))
-    ctx.record(dtype=dtype, data_build_s=data_s, train_clips=splits["train"].num_clips,
-               test_clips=splits["test"].num_clips, **flops)
+    ctx.record(dtype=dtype, data_build_s=data_s, train_split_clips=splits["train"].num_clips,
+               test_split_clips=splits["test"].num_clips, **flops)
     spec = {"run_dir": str(run_dir), "epochs": epochs, "steps_per_dispatch": 0, "eval_batch": 0,
             "eval_repeats": 1 if ctx.tiny else 3, "model": model,
             "profile_steps": 64 if not ctx.tiny else 2 if dtype == "float32" else 0,

@@ -182,11 +182,12 @@ def videomae_baseline(ctx) -> dict[str, Any]:
     result.update(windows=windows, seconds=seconds, windows_per_s=rate, flops_per_window=flops,
                   achieved_tflops=rate * flops / 1e12,
                   ferv39k_hours=WINDOWS_FERV39K / rate / 3600 if rate else None)
-    peak = ctx.peak_tflops("bfloat16")
+    peak = ctx.peak_tflops(result["dtype"])
     result["fraction_of_measured_peak"] = result["achieved_tflops"] / peak if peak else None
     if device != "cpu":
         result["peak_device_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     result["summary"] = (f"{result['dtype']} batched: {rate:.1f} windows/s, {result['achieved_tflops']:.3g} TFLOP/s"
-                         + (f" ({100 * result['fraction_of_measured_peak']:.0f}% of measured bf16 peak)" if peak else "")
+                         + (f" ({100 * result['fraction_of_measured_peak']:.0f}% of measured {result['dtype']} peak)"
+                            if peak else "")
                          + f"; all of FERv39k ({WINDOWS_FERV39K:,} windows) in {result['ferv39k_hours']:.2f} h")
     return result
