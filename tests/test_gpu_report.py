@@ -84,7 +84,15 @@ def test_training_stops_after_the_last_epoch_that_fits(tmp_path):
         with stop_training_at(tmp_path, time.time() - 1) as state:  # past the deadline, but no epoch yet
             wait_for_signal(1.0)
         assert got == [] and not state["stopped"]
-        (tmp_path / "history.json").write_text(json.dumps([{"epoch_seconds": 1.0, "eval_seconds": 0.5}]))
+        (tmp_path / "history.json").write_text(json.dumps([{"epoch_seconds": 100.0, "eval_seconds": 0.5}]))
+        with stop_training_at(tmp_path, time.time() + 60) as state:  # the first epoch compiles: no prediction
+            wait_for_signal(1.0)
+        assert got == [] and not state["stopped"]
+        with stop_training_at(tmp_path, time.time() - 1) as state:  # ... until the deadline has passed
+            wait_for_signal(5.0)
+        assert got == [signal.SIGTERM] and state == {"stopped": True, "after_epochs": 1}
+        got.clear()
+        (tmp_path / "history.json").write_text(json.dumps([{"epoch_seconds": 100.0}, {"epoch_seconds": 1.0}]))
         with stop_training_at(tmp_path, time.time() + 60) as state:  # the next epoch fits
             wait_for_signal(1.0)
         assert got == [] and not state["stopped"]

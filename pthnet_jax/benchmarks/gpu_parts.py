@@ -143,8 +143,9 @@ def _run_part(name: str, target: str, budget: float, tiny: bool, scratch: Path, 
     work = scratch / name
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    spec = {"name": name, "target": target, "tiny": tiny, "budget_s": budget, "deadline": started + budget, "scratch": str(work),
-            "previous": previous, "partial": str(work / "partial.json"), "result": str(work / "result.json")}
+    spec = {"name": name, "target": target, "tiny": tiny, "budget_s": budget, "deadline": started + budget,
+            "scratch": str(work), "previous": previous, "partial": str(work / "partial.json"),
+            "result": str(work / "result.json")}
     for key in ("partial", "result"):
         Path(spec[key]).unlink(missing_ok=True)
     atomic_write_json(work / "spec.json", spec)

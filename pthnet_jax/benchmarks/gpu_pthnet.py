@@ -46,8 +46,9 @@ def _epoch_cost(record: dict[str, Any]) -> float:
 @contextlib.contextmanager
 def stop_training_at(run_dir: Path, stop_at: float) -> Iterator[dict[str, Any]]:
     """SIGTERM this process (the trainer's own interruption) once the next epoch would end after
-    `stop_at` (time.time()), judged from the last finished epoch in run_dir/history.json; never
-    before the first epoch has finished (the runner's kill at the budget is the limit then). Only
+    `stop_at` (time.time()), judged from the last finished epoch in run_dir/history.json (after the
+    first epoch, which compiles, once `stop_at` has passed); never before the first epoch has
+    finished (the runner's kill at the budget is the limit then). Only
     while the trainer's handler is installed: after training the signal would end the process."""
     state: dict[str, Any] = {"stopped": False}
     done = threading.Event()
@@ -55,7 +56,11 @@ def stop_training_at(run_dir: Path, stop_at: float) -> Iterator[dict[str, Any]]:
     def watch():
         while not done.wait(0.25):
             history = _history(run_dir)  # never before the first epoch: a run with no epoch reports nothing
-            if not history or time.time() + 1.05 * _epoch_cost(history[-1]) < stop_at:
+            if not history:
+                continue
+            # The first epoch compiles: it does not predict the next one; later epochs do.
+            next_epoch = 1.05 * _epoch_cost(history[-1]) if len(history) > 1 else 0.0
+            if time.time() + next_epoch < stop_at:
                 continue
             if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
                 state["stopped"], state["after_epochs"] = True, len(history)
@@ -195,7 +200,10 @@ def pthnet_variants(ctx) -> dict[str, Any]:
                                      "stopped_by_budget": stop["stopped"], "dtype": dtype}
             if history:
                 entry["first_epoch_s"] = history[0]["epoch_seconds"]
+            if len(history) > 1:  # the first epoch compiles
                 entry["train_clips_per_s"] = history[-1]["train_clips_per_s"]
+            else:  # stopped within the second epoch: no figure free of compilation
+                entry.update(status="skipped", reason="its second epoch did not fit its share of the budget")
             variants[label] = entry
             ctx.record(variants=variants)
     measured = {k: v["train_clips_per_s"] for k, v in variants.items() if "train_clips_per_s" in v}
