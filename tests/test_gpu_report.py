@@ -4,6 +4,7 @@ of the report at tiny sizes on the CPU, so that it cannot rot before a session i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -189,9 +190,10 @@ def test_every_part_runs_tiny(tmp_path):
     """The report's own command at tiny sizes: every part measured (or skipped with a reason when the
     shared machine is too slow for its budget), one given a 0 budget."""
     out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_report.py"), "--out", str(out), "--tiny",
                            "--scratch", str(tmp_path / "scratch"), "--budget", "pthnet_variants=0"],
-                          capture_output=True, text=True, timeout=1800)
+                          capture_output=True, text=True, timeout=1800, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = _check_files(out, PARTS)
     assert report["parts"]["pthnet_variants"]["reason"] == "its budget is 0 s"
