@@ -29,6 +29,9 @@ SKIPPED = {
     'python -m pytest -q tests': "this suite itself",
     'pthnet demo': "minutes at its default size; tests/test_demo.py runs it smaller",
     'pthnet bench --bf16': "a full-size GPU benchmark; tests/test_bench.py runs pthnet bench at a tiny size",
+    'python scripts/fetch_gpu_wheels.py': "downloads wheels from PyPI; tests/test_gpu_report.py checks its parsing",
+    'python scripts/gpu_report.py --out gpu-report --tiny': "minutes of compilation on a CPU; "
+    "tests/test_gpu_report.py runs it (slow)",
     'pthnet extract videos/ --backbone vit_g_hybrid_pt_1200e_k710_ft.pth --out ROOT --dataset FERv39k '
     '--labels labels.txt': "needs the released 2 GB ViT-g; tests/test_video_extract.py runs extract on a tiny backbone",
     'pthnet predict clip.mp4 --backbone vit_g_hybrid_pt_1200e_k710_ft.pth --checkpoint runs/ferv39k/best '
