@@ -176,3 +176,13 @@ def test_initialisation_is_pytorchs_default():
     _check_uniform(tce["chan_in"]["bias"], 1 / math.sqrt(k), "chan_in bias")
     _check_uniform(tce["time"]["kernel"], 1 / math.sqrt(3 * 64), "time")
     _check_uniform(tce["chan_out"]["kernel"], 1 / math.sqrt(r * k), "chan_out")
+
+
+@pytest.mark.slow  # compiles a training step
+def test_the_speed_benchmark_runs_and_checks_parity_first():
+    from pthnet_jax.benchmarks.lstpnet import run
+
+    result = run(LSTPNetConfig.tiny(num_frames=4), batch=1, size=16, repeats=1)
+    assert result["logits_max_rel_diff"] < TOLERANCE
+    for name in ("jax", "torch"):
+        assert result[f"{name}_train_clips_per_s"] > 0 and result[f"{name}_eval_clips_per_s"] > 0
