@@ -32,7 +32,7 @@ from pthnet_jax.commands.train import (INTERRUPTED_EXIT, USAGE_EXIT, config_name
                                        run_flags, wants_help)
 from pthnet_jax.fsutil import atomic_write_json
 
-METRICS = ("UAR", "WAR", "weighted_f1")
+METRICS = ("UAR", "WAR", "weighted_f1")  # PTH-Net's; a run reports its family's (`task.metrics`)
 USAGE = ("usage: pthnet folds --config NAME|FILE --data 'DIR_{{fold}}' --workdir DIR [--rv-data 'RV_DIR_{{fold}}' "
          "[--mu 0.7]] [--folds 1-5] [--import-root ROOT [--import-args '...']] [--config.a.b=v ...]\n"
          "  NAME: one of {names}")
@@ -42,21 +42,21 @@ class FoldsError(ValueError):
     """Bad fold data or arguments, found before any training."""
 
 
-def summarize(per_fold: dict[int, dict[str, float]]) -> dict[str, Any]:
+def summarize(per_fold: dict[int, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
     """Mean and population std over folds of each metric."""
-    table = {m: np.array([row[m] for row in per_fold.values()], float) for m in METRICS}
+    table = {m: np.array([row[m] for row in per_fold.values()], float) for m in metrics}
     return {"num_folds": len(per_fold),
             "mean": {m: float(v.mean()) for m, v in table.items()},
             "std": {m: float(v.std()) for m, v in table.items()}}
 
 
-def fold_result(summary: dict[str, Any]) -> dict[str, Any]:
+def fold_result(summary: dict[str, Any], metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
     """Test metrics of the selected checkpoint of one fold's training summary."""
     best = summary.get("best") or {}
     test = best.get("metrics", {}).get("test")
     if test is None:
         raise RuntimeError("the fold's training summary has no test metrics for its selected epoch")
-    return {**{m: float(test[m]) for m in METRICS}, "epoch": best["epoch"], "selected_on": best["split"]}
+    return {**{m: float(test[m]) for m in metrics}, "epoch": best["epoch"], "selected_on": best["split"]}
 
 
 def fold_dirs(pattern: str | None, folds: list[int]) -> dict[int, Path]:
@@ -64,9 +64,10 @@ def fold_dirs(pattern: str | None, folds: list[int]) -> dict[int, Path]:
 
 
 def prepare_folds(benchmark: str, folds: list[int], data: dict[int, Path], rv_data: dict[int, Path],
-                  import_root: Path | None, import_args: list[str]) -> None:
-    """Import missing fold directories (with `import_root`), then check every one; raises FoldsError
-    listing every problem, before anything is trained."""
+                  import_root: Path | None, import_args: list[str], task: Any = None) -> None:
+    """Import missing fold directories (with `import_root`: PTH-Net's feature import), then check every
+    one (what `task`'s datasets record); raises FoldsError listing every problem, before anything is
+    trained."""
     from pthnet_jax.data.importer import main as import_main
     from pthnet_jax.evaluation import dataset_record, describe
 
@@ -84,7 +85,7 @@ def prepare_folds(benchmark: str, folds: list[int], data: dict[int, Path], rv_da
     problems, label_sets = [], set()
     for fold, directory, reverse in wanted:
         try:
-            record = dataset_record(directory)
+            record = dataset_record(directory, task)
         except (FileNotFoundError, ValueError) as err:
             problems.append(f"fold {fold}: {err}")
             continue
@@ -107,13 +108,13 @@ def train_fold(config, data_dir: Path, workdir: Path) -> dict[str, Any] | None:
     import ml_collections
 
     from pthnet_jax.commands.train import record_training_data
-    from pthnet_jax.train import train_and_evaluate
+    from pthnet_jax.train import task_of, train_and_evaluate
 
     fold_config = ml_collections.ConfigDict(config.to_dict())
     fold_config.data.data_dir = str(data_dir)
-    record_training_data(workdir, str(data_dir))
+    record_training_data(workdir, str(data_dir), config.get("family"))
     summary = train_and_evaluate(fold_config, workdir)
-    return None if summary.get("interrupted") else fold_result(summary)
+    return None if summary.get("interrupted") else fold_result(summary, tuple(task_of(config).metrics))
 
 
 def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pattern: str | None = None,
@@ -122,10 +123,15 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pat
     """Check (and import) every fold, train each (resuming), fuse; write WORKDIR/folds.json and
     return its content, or None when interrupted."""
     from pthnet_jax.evaluation import evaluate
+    from pthnet_jax.train import task_of
 
+    task = task_of(config)
+    metrics, shown = tuple(task.metrics), tuple(task.metrics[:2])
+    if rv_pattern is not None and task.fusion is None:
+        raise FoldsError(f"--rv-data: {task.display_name} defines no forward/backward fusion")
     workdir = Path(workdir).absolute()
     data, rv_data = fold_dirs(data_pattern, folds), fold_dirs(rv_pattern, folds)
-    prepare_folds(config.benchmark, folds, data, rv_data, import_root, import_args or [])
+    prepare_folds(config.benchmark, folds, data, rv_data, import_root, import_args or [], task)
     rows: dict[str, dict[int, dict[str, Any]]] = {"forward": {}, "backward": {}, "fused": {}}
     for fold in folds:
         runs = [("forward", data[fold], workdir / f"fold_{fold}")]
@@ -140,20 +146,20 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pat
         if rv_data:
             fused, _ = evaluate(workdir / f"fold_{fold}" / "best", data[fold], "test",
                                 workdir / f"fold_{fold}_rv" / "best", rv_data[fold], mu)
-            rows["fused"][fold] = {m: float(fused[m]) for m in METRICS}
-        print(f"fold {fold}: " + "  ".join(f"{d} UAR {r[fold]['UAR']:.2f} WAR {r[fold]['WAR']:.2f}"
+            rows["fused"][fold] = {m: float(fused[m]) for m in metrics}
+        print(f"fold {fold}: " + "  ".join(f"{d} " + " ".join(f"{m} {r[fold][m]:.2f}" for m in shown)
                                            for d, r in rows.items() if fold in r), flush=True)
     result = {"benchmark": config.benchmark, "model_selection": config.train.select_on,
-              "folds": {str(k): v for k, v in rows["forward"].items()}, **summarize(rows["forward"])}
+              "folds": {str(k): v for k, v in rows["forward"].items()}, **summarize(rows["forward"], metrics)}
     if rv_data:
-        result["backward"] = {"folds": {str(k): v for k, v in rows["backward"].items()}, **summarize(rows["backward"])}
-        result["fused"] = {"mu": mu, "folds": {str(k): v for k, v in rows["fused"].items()}, **summarize(rows["fused"])}
+        result["backward"] = {"folds": {str(k): v for k, v in rows["backward"].items()}, **summarize(rows["backward"], metrics)}
+        result["fused"] = {"mu": mu, "folds": {str(k): v for k, v in rows["fused"].items()}, **summarize(rows["fused"], metrics)}
     atomic_write_json(workdir / "folds.json", result)
     lines = [("forward", result)] + ([("backward", result["backward"]), (f"fused (mu={mu})", result["fused"])]
                                      if rv_data else [])
     print(f"\n{config.benchmark}, {len(folds)} folds (checkpoints selected on {config.train.select_on}):")
     for name, block in lines:
-        print(f"  {name:<16}" + "  ".join(f"{m} {block['mean'][m]:.2f} ± {block['std'][m]:.2f}" for m in ("UAR", "WAR")))
+        print(f"  {name:<16}" + "  ".join(f"{m} {block['mean'][m]:.2f} ± {block['std'][m]:.2f}" for m in shown))
     print(f"-> {workdir / 'folds.json'}")
     return result
 
