@@ -186,8 +186,9 @@ def test_pthnet_convert_imports_and_exports_an_original_file(tmp_path, monkeypat
     from pthnet_jax import task
     from pthnet_jax.convert.cli import main
 
-    if getattr(importlib.import_module("pthnet_jax.families.lstpnet"), "TASK", None) is None:
-        monkeypatch.setitem(task.FAMILIES, "lstpnet", __name__)
+    family = importlib.import_module("pthnet_jax.families.lstpnet")
+    if not all(hasattr(family, name) for name in ("TASK", "detect", "import_file", "export_file")):
+        monkeypatch.setitem(task.FAMILIES, "lstpnet", __name__)  # the hooks of files.py, through this module
     config = LSTPNetConfig.tiny(head_dim=64)  # heads of 64, as released: the file alone gives the sizes
     original = randomise(from_config(config), seed=6)
     src = tmp_path / "best_val_acc_uar__epoch32.pth"
