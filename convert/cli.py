@@ -110,7 +110,7 @@ def _export(src: Path, dst: Path) -> dict:
     return {**module.export_file(src, dst), "family": family}
 
 
-def _videomae_description(src: Path) -> str | None:
+def _videomae_description(src: Path, num_heads: int | None = None) -> str | None:
     """What a file that is not a PTH-Net checkpoint holds, when it is a VideoMAE V2 backbone."""
     from pthnet_jax.convert import videomae
 
@@ -124,11 +124,12 @@ def _videomae_description(src: Path) -> str | None:
         return ("a VideoMAE V2 pre-training checkpoint (encoder + decoder); feature extraction needs the "
                 f"fine-tuned {videomae.CHECKPOINT_FILE}")
     try:
-        config = videomae.infer_config(state_dict, str(src))
+        config = videomae.infer_config(state_dict, str(src), **({"num_heads": num_heads} if num_heads else {}))
     except ValueError:  # a width outside the family: heads unknown, the rest is in the shapes
         depth = len({key.split(".")[1] for key in state_dict if key.startswith("blocks.")})
         width = state_dict["patch_embed.proj.weight"].shape[0]
-        return f"a VideoMAE V2 ViT ({width}-d, {depth} blocks; a width outside the family)"
+        return (f"a VideoMAE V2 ViT ({width}-d, {depth} blocks; a width outside the family, whose head count "
+                "the shapes do not tell: pass --num-heads N here and to extract/predict)")
     return videomae.describe(config, {k: v for k, v in state_dict.items()})
 
 
@@ -154,6 +155,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("src", type=Path, help=".pth / .safetensors file, or a checkpoint directory")
     parser.add_argument("dst", type=Path, help="checkpoint directory to create, or .pth/.safetensors file")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    parser.add_argument("--num-heads", type=int, help="attention heads of a VideoMAE V2 SRC whose width is outside "
+                        "the family (to describe it; extract/predict take the same option)")
     args = parser.parse_args(argv)
 
     src, dst = args.src, args.dst
@@ -186,7 +189,7 @@ def main(argv: list[str]) -> int:
             _say(f"exported {src} -> {dst}: {summary['num_params']:,} parameters; "
                  f"{_describe(summary['config'], summary.get('family'))}; epoch={summary['epoch']}")
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: disk, permissions
-        backbone = _videomae_description(src) if src.is_file() else None
+        backbone = _videomae_description(src, args.num_heads) if src.is_file() else None
         if backbone:
             _say(f"pthnet convert: {src} holds {backbone}: a video backbone, not a PTH-Net checkpoint. "
                  f"Use the file as it is: `pthnet extract --backbone {src}` or `pthnet predict --backbone "

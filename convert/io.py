@@ -22,8 +22,9 @@ from pthnet_jax.convert.torch_pickle import DEFAULT_LIMITS, ReadLimits, read_tor
 from pthnet_jax.models.pthnet import ModelConfig, count_params
 
 # Where a training checkpoint keeps its model weights, in the order they are looked for:
-# PTH-Net and most scripts use 'state_dict', timm 'model', VideoMAE / DeepSpeed 'module'.
-STATE_DICT_KEYS = ("state_dict", "model", "module")
+# PTH-Net and most scripts use 'state_dict', timm 'model', VideoMAE / DeepSpeed 'module', LSTPNet
+# 'model_state_dict'.
+STATE_DICT_KEYS = ("state_dict", "model", "module", "model_state_dict")
 SAFETENSORS_META_KEY = "pthnet"
 
 

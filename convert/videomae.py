@@ -140,7 +140,8 @@ def infer_config(state_dict: Mapping[str, Any], source: str | None = None,
         if embed_dim not in by_width:
             raise VideoMAEMappingError(
                 source, f"embed_dim={embed_dim} is not a width of the family ({sorted(by_width)}); the "
-                "number of heads cannot be read from the shapes: pass num_heads (or a config)")
+                "number of heads cannot be read from the shapes: pass it (`--num-heads N` for pthnet extract, "
+                "predict and convert; `num_heads=N` in Python)")
         values["num_heads"] = by_width[embed_dim]
     values.update(overrides)
     try:

@@ -5,6 +5,7 @@ Every subcommand module defines `main(argv: list[str]) -> int`; modules are impo
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -26,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-lstpnet": ("pthnet_jax.commands.demo_lstpnet", "LSTPNet end to end on synthetic clips (CPU, nothing downloaded)"),
     "bench-extract": ("pthnet_jax.benchmarks.extract", "feature extraction speed against PyTorch (one window f32, batched bf16)"),
 }
+
+SIGNAL_HANDLED = frozenset({"demo", "train", "folds", "extract", "demo-video", "predict", "import-features"})
 
 
 def _usage() -> str:
@@ -61,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"pthnet: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
+    # Ctrl-C and SIGTERM: saved and exit 75, never a KeyboardInterrupt inside XLA (pthnet_jax.interrupts).
+    from pthnet_jax.interrupts import handle_signals
+
     try:
-        return int(module.main(rest) or 0)
+        with handle_signals(f"pthnet {name}") if name in SIGNAL_HANDLED else contextlib.nullcontext():
+            module = importlib.import_module(SUBCOMMANDS[name][0])
+            return int(module.main(rest) or 0)
     except KeyboardInterrupt:
         print(f"pthnet {name}: interrupted", file=sys.stderr)
         return 130

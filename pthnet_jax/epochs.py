@@ -1,10 +1,12 @@
 """Running one training epoch: the resident or streaming step runner, and stopping on a signal.
 
-The trainer picks a runner once, from a small frozen `EpochSpec`; `run_epoch` drives it. The host
+The trainer picks a runner once, from a small frozen `EpochSpec` (which holds the family's task and
+its input options: the runners sample through `task.store`/`task.sample` or `task.stream`);
+`run_epoch` drives it. The host
 reads a device call's metrics only after it has dispatched the next call, so the device never waits
 for Python (progress bar, finiteness check, the next plan).
 
-Stopping: SIGTERM sets a flag on the process that received it. At every call boundary all processes
+Stopping: SIGTERM or SIGINT sets a flag on the process that received it. At every call boundary all processes
 OR their flags together (`parallel.any_process_async`), and they all stop after the same call, so a
 multi-process run never has one process waiting in a collective that another has left.
 """
@@ -17,7 +19,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from pthnet_jax import parallel, steps
+from pthnet_jax import interrupts, parallel, steps
 
 
 class TrainingError(RuntimeError):
@@ -46,7 +48,7 @@ class StopOnSignal:
     them did (`run_epoch` decides it at a call boundary).
     """
 
-    SIGNALS = (signal.SIGTERM,)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)  # Ctrl-C saves and stops like SIGTERM (pthnet_jax.interrupts)
 
     def __init__(self):
         self.signal: int | None = None
@@ -59,15 +61,23 @@ class StopOnSignal:
 
     def _handle(self, signum, frame) -> None:
         del frame
-        self.signal = signum
+        if not interrupts.watching():  # without the command's watcher thread: its messages, 2nd Ctrl-C
+            interrupts.on_signal(signum)
+        self.signal = self.signal or signum
 
     def __enter__(self) -> "StopOnSignal":
+        if not interrupts.watching():
+            interrupts.reset()  # library use: nothing left from an earlier run counts
+        self._deferred = interrupts.deferred()
+        self._deferred.__enter__()
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self.signal = interrupts.pending()  # one that arrived while the loop was being entered
         return self
 
     def __exit__(self, *exc) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        self._deferred.__exit__(*exc)
 
 
 def _padded_chunk(indices: np.ndarray, valid: np.ndarray, start: int, length: int):

@@ -1,4 +1,6 @@
-"""Evaluation: H-level logits of every clip of a split, the paper's metrics, forward/backward fusion.
+"""Evaluation for every family: a model's logits (`task.predict`) for every clip of a split, the
+paper's metrics, the checks of what a checkpoint and a dataset are, and fusion where the family
+defines it (PTH-Net's forward/backward fusion: `families/pthnet/fusion.py`).
 
 The library behind `pthnet evaluate` (`pthnet_jax.commands.evaluate`, which writes the files and
 plots) and behind the trainer's per-epoch evaluation.
@@ -213,8 +215,9 @@ def evaluate(checkpoint, data_dir, split: str = "test", rv_checkpoint=None, rv_d
 
     Before any work, what the checkpoints and datasets record is checked: a checkpoint trained here
     must match its data (benchmark, fold, label set, face, direction); for fusion the forward data
-    must be forward and `rv_data` reversed, and a checkpoint without a record (an imported `.pth`)
-    needs `allow_unrecorded`. Returns (result, arrays): the JSON-able metrics (with the per-model
+    must be forward and `rv_data` reversed; a checkpoint without a record (an imported `.pth`) is
+    fused when both datasets record their direction (what is not checked is in `checks`), and
+    otherwise needs `allow_unrecorded`. Returns (result, arrays): the JSON-able metrics (with the per-model
     ones, the mu sweep when fused, and `checks`: what was verified and what could not be) and the
     arrays behind them (clip ids, labels, logits).
     """

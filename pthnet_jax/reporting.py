@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 
 from pthnet_jax.run_checkpoints import BEST
 from pthnet_jax.fsutil import atomic_write, atomic_write_json, save_figure
+from pthnet_jax.timing import compile_note
 
 
 def enable_compilation_cache() -> list[Path]:
@@ -142,7 +143,9 @@ class StepTrace:
 
 
 class EpochProgress:
-    """A tqdm bar per epoch with loss, accuracy, clips/s and ETA."""
+    """A tqdm bar per epoch with loss, accuracy, clips/s and ETA (the first says the step compiles first)."""
+
+    compile_noted = False
 
     def __init__(self, epoch: int, epochs: int, steps: int, first: int, global_batch: int, enabled: bool,
                  resume: dict | None = None, terms: tuple[str, ...] = ("total", "ce")):
@@ -151,6 +154,9 @@ class EpochProgress:
         and the cross-entropy ("ce", when the family has one) are recorded."""
         from tqdm.auto import tqdm
 
+        if enabled and not EpochProgress.compile_noted:
+            EpochProgress.compile_noted = True
+            print(compile_note("the training step"), flush=True)  # else the bar sits at 0% as if hung
         self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                         disable=not enabled, dynamic_ncols=True, leave=True)
         self.totals = {"total": 0.0, **({"ce": 0.0} if "ce" in terms else {}), "correct": 0.0, "count": 0.0}
@@ -259,13 +265,14 @@ class Logger:
                           [f"{split} {_headline(record[split])}" for split in ("val", "test") if split in record])
         print(line, flush=True)
         atomic_write_json(self.workdir / "history.json", run.history, indent=1)
+        self._selected = (getattr(run, "best", None) or {}).get("epoch")
         if self._curves_drawn_at is None or time.monotonic() - self._curves_drawn_at >= self.curves_every_s:
             self._draw_curves(run.history)
         else:
             self._curves_pending = list(run.history)
 
     def _draw_curves(self, history: list[dict[str, Any]]) -> None:
-        plot_curves(history, self.workdir / "training_curves.png")
+        plot_curves(history, self.workdir / "training_curves.png", getattr(self, "_selected", None))
         self._curves_drawn_at, self._curves_pending = time.monotonic(), None
 
     def finish(self) -> None:
@@ -296,11 +303,13 @@ def _same_record(a: Any, b: dict[str, Any]) -> bool:
     return {k: v for k, v in a.items() if k != "save_seconds"} == {k: v for k, v in b.items() if k != "save_seconds"}
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+def plot_curves(history: list[dict[str, Any]], path: Path, selected: int | None = None) -> None:
+    """Loss and accuracy per epoch (whole-number ticks); `selected`: the selected (best) epoch, marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -314,6 +323,10 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         if rows:
             for name, style in zip(reversed(_shown(rows[-1][1])), ("s-", "^--")):  # PTH-Net: WAR, UAR
                 ax_acc.plot([e for e, _ in rows], [m[name] for _, m in rows], style, label=f"{split} {name}")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if selected is not None:
+            ax.axvline(selected, color="0.4", linestyle=":", label=f"selected epoch {selected}")
     ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("%"), ax_acc.legend(), ax_acc.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)

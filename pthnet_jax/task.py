@@ -3,8 +3,10 @@
 The trainer, the checkpoints, the evaluation and the commands never name a family: they call the
 `Task` of `config.family` (or of a checkpoint's `"family"`), found by `get_task(name)` in
 `FAMILIES`, a plain dict of name -> module path imported on first use. A family module exports
-`TASK` (an object with the attributes and methods below) and may export `detect(keys)` (True when a
-PyTorch state dict's keys are this family's, for `pthnet convert`).
+`TASK` (an object with the attributes and methods below) and may export, for `pthnet convert`,
+`detect(keys)` (True when a PyTorch state dict's keys are this family's), `import_file(path)` and
+`export_file(src_dir, dst)`. A test or a plugin adds a family by adding an entry to `FAMILIES`
+(`monkeypatch.setitem(task.FAMILIES, "name", "module.path")`: see `tests/seam_family.py`).
 
 A family writes code for one run on one device's share of a batch: the generic step (`steps.py`)
 owns the valid-row weights, the global count, the sums over devices, accuracy from the logits, the
@@ -34,7 +36,7 @@ class Task(Protocol):
     mutable: tuple[str, ...]  # Flax collections updated in training (e.g. ("batch_stats",)); () = none
     state_sync: str  # default for config.train.model_state_sync: "pmean" or "first" (see STATE_SYNCS)
     metrics: tuple[str, ...]  # reported per split and selectable by config.train.select_metric
-    fusion: Any  # None, or an object with evaluate_fused(...) (see evaluation.evaluate)
+    fusion: Any  # None, or a module with evaluate_fused(task, checkpoint, data_dir, ...) (evaluation.evaluate)
 
     # ---- model --------------------------------------------------------------------------------
     def model_config(self, model_section: dict, num_classes: int | None) -> Any:

@@ -136,14 +136,37 @@ class RunClock:
         return "time: " + describe(self.record(), top)
 
 
+def compile_note(what: str) -> str:
+    """'compiling WHAT before the first step (...)': said before a first step that compiles."""
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    return (f"compiling {what} before the first step (first run of these shapes only; "
+            f"{f'cached in {cache}' if cache else 'compilation cache off'}): the bar may sit at 0% a while")
+
+
+_PROGRAM_WORDS = {"steps": "the training step", "init": "the initial state", "eval": "evaluation",
+                  "restore": "restoring", "data": "data placement", "checkpoints": "checkpoints",
+                  "logging": "logging"}
+
+
+def program_words(name: str) -> str:
+    """'steps jit(_fun)' -> 'the training step': a program named by the phase that built it."""
+    phase = name.split(" ", 1)[0]
+    return _PROGRAM_WORDS.get(phase, "other programs")
+
+
 def describe(record: dict[str, Any], top: int = 3) -> str:
     """A `RunClock.record()` (or its copy in summary.json) in one line: the parts, the costliest
     programs, the total and the marks."""
     shown = [f"{k} {record[k]:.1f}s" for k in ("start", *PHASES[1:], "trace", "lower", "compile", "other")
              if record.get(k, 0.0) >= 0.05]
-    programs = list(record.get("programs", {}).items())[:top]
+    plain: dict[str, float] = defaultdict(float)
+    for name, seconds in record.get("programs", {}).items():
+        plain[program_words(name)] += seconds
+    programs = sorted(plain.items(), key=lambda kv: -kv[1])[:top]
     if programs:
-        shown.append("programs: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in programs))
+        shown.append("compiled: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in programs))
     marks = "".join(f" | {name.replace('_', ' ')} at {seconds:.1f}s"
                     for name, seconds in record.get("marks", {}).items())
     return f"{' | '.join(shown)} | total {record.get('total', float('nan')):.1f}s{marks}"

@@ -1,7 +1,7 @@
 """Training: config-driven, data-parallel, resumable, with evaluation after every epoch.
 
-`train_and_evaluate(config, workdir)` reads like the recipe: open the data, build the model and the
-original's optimiser, restore the latest checkpoint if there is one, then per epoch train, evaluate
+`train_and_evaluate(config, workdir)` reads like the recipe: open the data, build the model (both by
+`config.family`'s task: `pthnet_jax.task`) and the original's optimiser, restore the latest checkpoint if there is one, then per epoch train, evaluate
 and checkpoint. Data order and randomness derive from (seed, epoch, step), so a resumed run ends
 exactly where an uninterrupted one does. The command line is in `pthnet_jax.commands.train`.
 """

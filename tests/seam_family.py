@@ -29,7 +29,7 @@ def register(monkeypatch) -> None:
     monkeypatch.setitem(task.FAMILIES, FAMILY, __name__)
 
 
-def write_dataset(directory: Path, num_inputs: int = 6, sizes=(("train", 22), ("test", 9)), seed: int = 0) -> Path:
+def write_dataset(directory: Path, num_inputs: int = 6, sizes=(("train", 44), ("test", 9)), seed: int = 0) -> Path:
     """Three separable classes of vectors (class means apart, unit noise)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(len(CLASSES), num_inputs)) * 3
@@ -53,8 +53,8 @@ def config(data_dir, **overrides):
     cfg.benchmark = "SeamToy"
     cfg.model = ml_collections.ConfigDict(dict(hidden=8, num_classes=0, dropout=0.1))
     cfg.data.data_dir = str(data_dir)
-    cfg.optim.lr, cfg.optim.milestones = 0.1, (1,)
-    cfg.train.update(epochs=2, global_batch=8, steps_per_dispatch=2)
+    cfg.optim.lr, cfg.optim.milestones = 0.02, (1,)
+    cfg.train.update(epochs=2, global_batch=16, steps_per_dispatch=2)  # BatchNorm over 4 rows per device
     cfg.eval.batch_size = 8
     cfg.update_from_flattened_dict(overrides)
     return cfg

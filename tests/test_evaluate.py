@@ -99,12 +99,18 @@ def test_metrics_and_predictions_match_an_independent_evaluation(setup, tmp_path
 
 
 @pytest.mark.slow  # trains or compiles a model: outside the quick check
-def test_fusion_and_mu_sweep(setup, tmp_path):
+def test_fusion_and_mu_sweep(setup, tmp_path, capsys):
     out = tmp_path / "fused"
+    # Checkpoints saved by hand carry no record of their data (like the original's .pth files): the
+    # data record their directions, so fusing goes on and says what was not checked.
     assert evaluate_main(["--checkpoint", str(setup["forward"]), "--data", str(setup["base"] / "data"),
                           "--rv-checkpoint", str(setup["backward"]), "--rv-data", str(setup["base"] / "data_rv"),
-                          "--mu", "0.7", "--mu-sweep", "--batch-size", "8", "--output", str(out),
-                          "--allow-unrecorded"]) == 0  # checkpoints saved by hand: no record of their data
+                          "--mu", "0.7", "--mu-sweep", "--batch-size", "8", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("NOT CHECKED: the ") == 2 and "carries no record of its training data" in printed
+    sweep = json.loads((out / "mu_sweep.json").read_text())
+    best = max(sweep, key=lambda row: (row["WAR"], row["UAR"]))
+    assert f"mu sweep: best WAR {best['WAR']:.2f} at mu={best['mu']:.1f}" in printed
     forward, labels, _ = _reference_logits(setup, setup["forward_params"])
     backward, labels_rv, _ = _reference_logits(setup, setup["backward_params"], reverse=True)
     np.testing.assert_array_equal(labels, labels_rv)

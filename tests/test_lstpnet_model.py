@@ -74,7 +74,7 @@ def _torch_train_step(model: torch.nn.Module, frames: np.ndarray, labels: np.nda
     model.train()
     model.zero_grad()
     logits = model(channels_first(frames))[0]
-    loss = F.cross_entropy(logits, torch.from_numpy(labels))
+    loss = F.cross_entropy(logits, torch.from_numpy(labels).long())
     loss.backward()
     grads = {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
     stats = {name: b.numpy().copy() for name, b in model.named_buffers() if name.endswith(("_mean", "_var"))}
@@ -176,3 +176,59 @@ def test_initialisation_is_pytorchs_default():
     _check_uniform(tce["chan_in"]["bias"], 1 / math.sqrt(k), "chan_in bias")
     _check_uniform(tce["time"]["kernel"], 1 / math.sqrt(3 * 64), "time")
     _check_uniform(tce["chan_out"]["kernel"], 1 / math.sqrt(r * k), "chan_out")
+
+
+@pytest.mark.slow  # compiles a training step
+def test_the_speed_benchmark_runs_and_checks_parity_first():
+    from pthnet_jax.benchmarks.lstpnet import run
+
+    result = run(LSTPNetConfig.tiny(num_frames=4), batch=1, size=16, repeats=1)
+    assert result["logits_max_rel_diff"] < TOLERANCE
+    for name in ("jax", "torch"):
+        assert result[f"{name}_train_clips_per_s"] > 0 and result[f"{name}_eval_clips_per_s"] > 0
+
+
+class _CrossEntropyTask:
+    """The family's loss as the generic step sees it (the real TASK is helper lstpdata's)."""
+
+    terms, mutable = ("total", "ce"), ("batch_stats",)
+
+    def loss(self, model, variables, batch, rng):
+        out, updates = model.apply(variables, batch["frames"], train=True, mutable=["batch_stats"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(out["logits"], batch["labels"])
+        return {"total": ce, "ce": ce}, out["logits"], updates
+
+
+@pytest.mark.slow  # compiles the pmapped training step
+def test_the_generic_step_on_four_devices_is_dataparallel(reference):
+    """One clip per device: each device's BatchNorm sees its own frames (PyTorch DataParallel), the
+    gradient is the mean over the 4 clips, the running statistics the mean of the devices' (pmean)."""
+    from pthnet_jax import parallel, steps
+
+    assert jax.local_device_count() == 4
+    loaded = reference[2]
+    capture = optax.GradientTransformation(  # keeps the gradient as its state, moves nothing
+        lambda params: jax.tree.map(jnp.zeros_like, params),
+        lambda grads, state, params=None: (jax.tree.map(jnp.zeros_like, grads), grads))
+    state = steps.state_from_variables(loaded.variables, capture)
+    frames, labels = _frames(batch=4, seed=7), np.array([0, 3, 1, 4], np.int32)
+    batch = {"frames": frames, "labels": labels, "valid": np.ones(4, bool)}
+    step = steps.pmapped(steps.train_step, task=_CrossEntropyTask(), model=LSTPNet(TINY), optimizer=capture,
+                         seed=0, sync="pmean")
+    new, metrics = step(parallel.replicate(state), parallel.split_for_devices(batch))
+    new = parallel.unreplicate(new)
+    got = flax_to_torch({"params": new.opt_state, "batch_stats": new.model_state["batch_stats"]}, TINY)
+    grads, stats = {}, {}
+    for clip in range(4):  # DataParallel: one replica per device, each on its own clip
+        replica = randomise(from_config(TINY), seed=1)
+        loss, replica_grads, replica_stats = _torch_train_step(replica, frames[clip:clip + 1], labels[clip:clip + 1])
+        for name, value in replica_grads.items():
+            grads[name] = grads.get(name, 0) + value / 4
+        for name, value in replica_stats.items():
+            stats[name] = stats.get(name, 0) + value / 4
+    before_bn = {name for name in grads if re.search(r"ir_back\..*\.(conv[12]|downsample\.0)\.bias$", name)}
+    worst = max(_relative(got[name], want) for name, want in grads.items() if name not in before_bn)
+    assert worst < TOLERANCE, worst
+    for name, want in stats.items():
+        assert _relative(got[name], want) < 1e-5, name
+    assert int(parallel.unreplicate(metrics)["count"]) == 4

@@ -29,11 +29,23 @@ SKIPPED = {
     'python -m pytest -q tests': "this suite itself",
     'pthnet demo': "minutes at its default size; tests/test_demo.py runs it smaller",
     'pthnet bench --bf16': "a full-size GPU benchmark; tests/test_bench.py runs pthnet bench at a tiny size",
+    'python scripts/fetch_gpu_wheels.py': "downloads wheels from PyPI; tests/test_gpu_report.py checks its parsing",
+    'python scripts/gpu_report.py --out gpu-report --tiny': "minutes of compilation on a CPU; "
+    "tests/test_gpu_report.py runs it (slow)",
     'pthnet extract videos/ --backbone vit_g_hybrid_pt_1200e_k710_ft.pth --out ROOT --dataset FERv39k '
     '--labels labels.txt': "needs the released 2 GB ViT-g; tests/test_video_extract.py runs extract on a tiny backbone",
     'pthnet predict clip.mp4 --backbone vit_g_hybrid_pt_1200e_k710_ft.pth --checkpoint runs/ferv39k/best '
     '--rv-checkpoint runs/ferv39k_rv/best --mu 0.7': "needs the released 2 GB ViT-g; tests/test_video_predict.py "
     "runs predict on a tiny backbone",
+    'pthnet demo-video --workdir demo-video': "minutes; tests/test_video_demo_bench.py runs it smaller, then predict "
+    "with the backbone it keeps",
+    'pthnet predict demo-video/videos/Happy --backbone demo-video/backbone.safetensors --checkpoint '
+    'demo-video/run/best': "needs demo-video's outputs; tests/test_video_demo_bench.py runs it",
+    'pthnet extract demo-video/videos --backbone demo-video/backbone.safetensors --out my-root --dataset Shapes '
+    '--classes Happy,Sad,Neutral,Angry,Surprise,Disgust,Fear --labels demo-video/labels.txt': "needs demo-video's "
+    "outputs; tests/test_video_newuser.py extracts and imports a dataset of its own classes",
+    'pthnet import-features --dataset Shapes --root my-root --out data/shapes': "needs the extract above",
+    'pthnet train --config demo --data data/shapes --workdir runs/shapes': "needs the import above",
 }
 
 

@@ -213,7 +213,7 @@ def _child(side: str, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pthnet_jax.benchmarks.extract", description=__doc__,
+    parser = argparse.ArgumentParser(prog="pthnet bench-extract", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", help="VideoMAE size (small, base, large, huge, giant)")
     parser.add_argument("--depth", type=int, help="override the number of blocks (a shallower backbone)")

@@ -107,35 +107,59 @@ def synthesize_videos(out: Path, train_per_class: int, test_per_class: int, seed
     return labels
 
 
-def demo_backbone(seed: int = 0, dtype=None):
-    """A small randomly initialised VideoMAE V2 (width 64, 2 blocks, 32-pixel patches: 392 tokens)
-    whose features are standardised per channel.
+DEMO_BACKBONE_CONFIG = dict(embed_dim=64, depth=2, num_heads=4, mlp_dim=128, patch_size=32)
+
+
+def demo_videomae(seed: int = 0):
+    """(config, {"params": ...}) of the demo's small randomly initialised VideoMAE V2 (width 64, 2 blocks,
+    32-pixel patches: 392 tokens), its output standardised per channel.
 
     A random ViT's mean-pooled features are mostly a constant vector (the position table and the
-    biases) with the content in small deviations; PTH-Net trains poorly on that. So the demo backbone
-    subtracts the per-channel mean and divides by the standard deviation of its features over the
-    windows of 14 fixed synthetic clips (statistics computed once, in float32). `dtype` is the
-    compute dtype of the ViT (float32 by default).
+    biases) with the content in small deviations; PTH-Net trains poorly on that. So the per-channel
+    mean and standard deviation of its features over the windows of 14 fixed synthetic clips
+    (computed once, in float32) are folded into the final LayerNorm (`fc_norm`: scale / std,
+    (bias - mean) / std): the result is a plain VideoMAE V2, which `save_backbone` writes as a file
+    `pthnet extract` / `pthnet predict --backbone` read.
     """
     import jax
     import jax.numpy as jnp
 
     from pthnet_jax.models.videomae import VideoMAE, VideoMAEConfig, init_params
-    from pthnet_jax.video.engine import Backbone
     from pthnet_jax.video.windows import resize_frames
 
-    config = VideoMAEConfig(embed_dim=64, depth=2, num_heads=4, mlp_dim=128, patch_size=32)
+    config = VideoMAEConfig(**DEMO_BACKBONE_CONFIG)
     variables = init_params(config, jax.random.key(seed))
     rng = np.random.default_rng(10_000 + seed)
     windows = jnp.stack([resize_frames(synth_frames(label, rng)[:16]) for label in range(len(CLASSES)) for _ in (0, 1)])
-    features = jax.jit(VideoMAE(config).apply)(variables, windows)
-    params = {"videomae": variables, "mean": features.mean(0), "std": features.std(0) + 1e-6}
-    module = VideoMAE(config, dtype=dtype or jnp.float32)
+    features = np.asarray(jax.jit(VideoMAE(config).apply)(variables, windows), np.float64)
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    params = jax.tree.map(np.asarray, variables["params"])
+    norm = params["fc_norm"]
+    params["fc_norm"] = {"scale": (norm["scale"] / std).astype(np.float32),
+                         "bias": ((norm["bias"] - mean) / std).astype(np.float32)}
+    return config, {"params": params}
 
-    def apply(params, frames):
-        return (module.apply(params["videomae"], frames) - params["mean"]) / params["std"]
 
-    return Backbone(apply=apply, params=params, dim=config.embed_dim, name="demo VideoMAE (random, standardised)")
+def demo_backbone(seed: int = 0, dtype=None):
+    """The demo's backbone (`demo_videomae`) as a `Backbone`; `dtype` is the ViT's compute dtype
+    (float32 by default)."""
+    import jax.numpy as jnp
+
+    from pthnet_jax.models.videomae import VideoMAE
+    from pthnet_jax.video.backbone import videomae_backbone
+
+    config, variables = demo_videomae(seed)
+    dtype = dtype or jnp.float32
+    return videomae_backbone(VideoMAE(config, dtype=dtype), variables, name="demo VideoMAE (random, standardised)",
+                             compute_dtype=jnp.dtype(dtype).name)
+
+
+def write_demo_backbone(path: str | Path, seed: int = 0) -> Path:
+    """The demo's backbone as a `.safetensors` file for `--backbone` (the head count in its metadata)."""
+    from pthnet_jax.video.backbone import save_backbone
+
+    config, variables = demo_videomae(seed)
+    return save_backbone(path, config, variables)
 
 
 def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14, test_per_class: int = 6,
@@ -149,6 +173,9 @@ def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14,
     from pthnet_jax.video.extract import ExtractOptions, extract
     from pthnet_jax.video.predict import format_table, predict_videos
 
+    from pthnet_jax.reporting import enable_compilation_cache
+
+    enable_compilation_cache()  # extraction compiles too (training would turn it on only later)
     temporary = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="pthnet-demo-video-") if temporary else workdir).absolute()
     times: dict[str, float] = {}
@@ -167,7 +194,7 @@ def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14,
         labels = synthesize_videos(videos, train_per_class, test_per_class, seed)
         print(f"[1/4] {len(CLASSES) * (train_per_class + test_per_class)} synthetic videos in {videos}")
         stage("synthesize")
-        backbone = demo_backbone(seed)
+        backbone = demo_backbone(seed)  # a plain VideoMAE: its params are what backbone.safetensors holds
         summary = extract(videos, root, "FERv39k", backbone, labels=labels,
                           options=ExtractOptions(directions=("forward",)))
         print(f"[2/4] extracted {summary['distinct_windows']} windows ({summary['windows_per_second']:.1f} windows/s) "
@@ -206,7 +233,14 @@ def run_demo_video(workdir: str | Path | None = None, train_per_class: int = 14,
         print(f"pthnet demo-video finished in {total:.0f}s: held-out accuracy {accuracy:.1f}% over {len(paths)} "
               f"videos (chance {100 / len(CLASSES):.1f}%); seconds per stage {times}")
         if not temporary:
-            print(f"  videos {videos}\n  features {root}\n  checkpoint {run_dir / 'best'}")
+            from pthnet_jax.models.videomae import VideoMAEConfig
+            from pthnet_jax.video.backbone import save_backbone
+
+            backbone_file = save_backbone(workdir / "backbone.safetensors", VideoMAEConfig(**DEMO_BACKBONE_CONFIG),
+                                          backbone.params)
+            print(f"  videos {videos} (labels {labels})\n  features {root}\n  checkpoint {run_dir / 'best'}\n"
+                  f"  backbone {backbone_file} (for --backbone)\n"
+                  f"try: pthnet predict {videos} --backbone {backbone_file} --checkpoint {run_dir / 'best'}")
         return {"accuracy": accuracy, "videos": len(paths), "seconds": round(total, 1), "stages": times,
                 "windows_per_second": summary["windows_per_second"]}
     finally:
@@ -223,6 +257,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-backbone", type=Path, metavar="FILE.safetensors",
+                        help="only write the demo's small random backbone to FILE (seconds) and stop")
     args = parser.parse_args(argv)
+    if args.write_backbone:
+        print(f"wrote {write_demo_backbone(args.write_backbone, args.seed)}: a small random VideoMAE V2 (64-d) for "
+              "--backbone; its features mean nothing until a PTH-Net is trained on them (pthnet demo-video --workdir DIR)")
+        return 0
     run_demo_video(args.workdir, args.train_per_class, args.test_per_class, args.epochs, args.seed, args.lr)
     return 0

@@ -163,7 +163,24 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path] | int:
     if values.data:
         with config.unlocked():
             config.data.data_dir = values.data
+    fit_feature_width(config, argv)
     return config, Path(values.workdir)
+
+
+def fit_feature_width(config: ml_collections.ConfigDict, argv: list[str]) -> None:
+    """`model.n_in` from the data's feature width (e.g. 384/768 for a smaller VideoMAE), unless
+    `--config.model.n_in` is on the command line."""
+    from pthnet_jax.data.builder import dataset_feature_dim
+
+    model = config.get("model")
+    if model is None or "n_in" not in model or any(a.startswith(("--config.model.n_in", "-config.model.n_in"))
+                                                  for a in argv):
+        return
+    width = dataset_feature_dim(config.data.data_dir) if config.data.get("data_dir") else None
+    if width and width != config.model.n_in:
+        print(f"pthnet train: model.n_in = {width}, the width of the data's features (the config says "
+              f"{config.model.n_in}; --config.model.n_in=N to choose)", file=sys.stderr)
+        config.model.n_in = width
 
 
 def record_training_data(workdir: Path, data_dir: str, family: str | None = None) -> None:
@@ -179,6 +196,20 @@ def record_training_data(workdir: Path, data_dir: str, family: str | None = None
         pass
 
 
+def remove_unstarted_workdir(workdir: Path, created: bool) -> None:
+    """A run that failed before its first checkpoint leaves no workdir behind (its data.json, lock...),
+    when this run created it; a workdir that existed, or holds a checkpoint, is kept."""
+    import shutil
+
+    import jax
+
+    if not created or jax.process_index() != 0 or not workdir.is_dir():
+        return
+    if (workdir / "checkpoints").is_dir() and any((workdir / "checkpoints").iterdir()):
+        return
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
     parsed = parse_args(argv)
     if isinstance(parsed, int):
@@ -188,12 +219,17 @@ def main(argv: list[str]) -> int:
     from pthnet_jax.train import TrainingError, train_and_evaluate
 
     parallel.maybe_initialize_distributed()
+    created = not workdir.exists()
     record_training_data(workdir, config.data.data_dir, config.get("family"))
     try:
         summary = train_and_evaluate(config, workdir)
     except TrainingError as err:
+        remove_unstarted_workdir(workdir, created)
         print(f"pthnet train: {err}", file=sys.stderr)
         return USAGE_EXIT
+    except BaseException:
+        remove_unstarted_workdir(workdir, created)
+        raise
     if summary.get("interrupted"):
         print(f"pthnet train: interrupted, re-run to resume (the same command continues from step "
               f"{summary.get('step')} saved in {workdir})", file=sys.stderr)

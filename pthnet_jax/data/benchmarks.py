@@ -54,6 +54,11 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
 MAFW_COMPOUND_CLASSES = _numbered(43)
 
 
+def custom_benchmark(name: str, class_names: tuple[str, ...]) -> Benchmark:
+    """A dataset of one's own: its classes, one train/test split, lists `train.txt` / `test.txt`."""
+    return Benchmark(name, tuple(class_names), "plain")
+
+
 def get_benchmark(name: str) -> Benchmark:
     for key, bench in BENCHMARKS.items():
         if key.lower() == name.lower():

@@ -158,3 +158,14 @@ def find_dataset_dir(path: str | Path) -> Path:
         raise FileNotFoundError(f"{path}: expected exactly one imported dataset below it, found "
                                 f"{[str(p) for p in found] or 'none'}; pass the dataset's directory")
     return found[0]
+
+
+def dataset_feature_dim(path: str | Path) -> int | None:
+    """The feature width an imported dataset records (its `metadata.json`), or None when unreadable."""
+    import json
+
+    try:
+        metadata = json.loads((find_dataset_dir(path) / "metadata.json").read_text())
+        return int(metadata["feature_dim"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -21,8 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
-from pthnet_jax.data.benchmarks import class_names, get_benchmark, level_folder, variant_name
-from pthnet_jax.data.lists import LEVELS, Clip, DataListError, align_lists, load_features
+from pthnet_jax.data.benchmarks import (BENCHMARKS, Benchmark, class_names, custom_benchmark, get_benchmark,
+                                        level_folder, variant_name)
+from pthnet_jax.data.lists import LEVELS, Clip, DataListError, align_lists, load_features, read_npy
 from pthnet_jax.fsutil import staged_dir
 
 SPLITS = ("train", "test")
@@ -30,22 +31,76 @@ READ_AHEAD_CLIPS = 128
 
 
 def default_lists_dir(root: Path, dataset: str, label_set: str | None) -> Path:
-    bench = get_benchmark(dataset)
+    try:
+        bench = get_benchmark(dataset)
+    except ValueError:  # a dataset of one's own
+        return Path(root) / "annotation" / dataset
     lists = Path(root) / "annotation" / bench.name
     return lists / label_set if bench.label_sets else lists
+
+
+def resolve_benchmark(dataset: str, root: Path, lists: Path | None, classes: str | None) -> Benchmark:
+    """One of the eight benchmarks, or a dataset of one's own: its classes from `classes` ('a,b,c' or
+    a file), else from `classes.txt` in its lists folder (which `pthnet extract --classes` writes)."""
+    try:
+        bench = get_benchmark(dataset)
+    except ValueError:
+        bench = None
+    if bench is not None:
+        if classes:
+            raise ValueError(f"--classes: {bench.name} is a benchmark with its own classes {list(bench.class_names)}")
+        return bench
+    from pthnet_jax.video.record import CLASSES_FILE, parse_classes
+
+    declared = Path(lists or default_lists_dir(root, dataset, None)) / CLASSES_FILE
+    if classes is None and declared.is_file():
+        classes = str(declared)
+    if classes is None:
+        raise ValueError(f"unknown benchmark or dataset {dataset!r}: not one of the eight benchmarks {sorted(BENCHMARKS)}, and "
+                         f"{declared} (the classes of a dataset of your own, written by `pthnet extract --classes`) "
+                         "does not exist; pass --classes 'name0,name1,...' (or a file, one name per line)")
+    return custom_benchmark(dataset, parse_classes(classes))
+
+
+def _list_files(lists_dir: Path, list_name: str, face: bool, reverse: bool, split: str) -> dict[str, Path]:
+    list_files = {lvl: lists_dir / level_folder(lvl, face, reverse) / list_name for lvl in LEVELS}
+    for lvl, path in list_files.items():
+        if not path.is_file():
+            raise DataListError(f"{path}: data list not found (level {lvl}, split {split}); expected "
+                                f"the original layout under {lists_dir}. `pthnet extract --labels FILE` "
+                                "writes the lists: a clip goes to train or test by the third column of "
+                                "FILE (lines without one go to --split, test by default)")
+    return list_files
+
+
+def infer_feature_dim(root: Path, clip: Clip, list_file: Path) -> int:
+    """The width of the features, from the first clip's H-level file (main thread: np.load is not thread-safe)."""
+    path = root / clip.paths["H"]
+    try:
+        array = read_npy(path)
+    except (OSError, ValueError) as err:
+        raise DataListError(f"{list_file}: cannot read {path} to learn the feature width ({err}); pass "
+                            "--feature-dim") from err
+    if array.ndim != 2:
+        raise DataListError(f"{path}: expected (num_windows, D) features, got shape {array.shape}")
+    return int(array.shape[1])
 
 
 def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLike, *,
                     lists: str | os.PathLike | None = None, fold: int | None = None,
                     reverse: bool = False, face: bool = False, label_set: str | None = None,
-                    skip_bad: bool = False, feature_dim: int = 1408, num_threads: int = 8,
-                    quiet: bool = False) -> Path:
-    """Import the train and test splits of one benchmark/fold/variant; returns the dataset directory."""
+                    skip_bad: bool = False, feature_dim: int | None = None, num_threads: int = 8,
+                    quiet: bool = False, classes: str | None = None) -> Path:
+    """Import the train and test splits of one benchmark/fold/variant; returns the dataset directory.
+
+    `dataset`: a benchmark, or a dataset of one's own (`classes`, or the `classes.txt` that `pthnet
+    extract --classes` writes). `feature_dim` None: the width of the first clip's features (every
+    other file is checked against it)."""
     import tensorflow_datasets as tfds
 
     from pthnet_jax.data.builder import PthnetFeatures, PthnetFeaturesConfig, find_dataset_dir
 
-    bench = get_benchmark(dataset)
+    bench = resolve_benchmark(dataset, Path(root), Path(lists) if lists else None, classes)
     if bench.label_sets and label_set is None:
         label_set = "single"
     names = class_names(bench, label_set)
@@ -60,16 +115,15 @@ def import_features(dataset: str, root: str | os.PathLike, out: str | os.PathLik
     written: dict[str, list[Clip]] = {split: [] for split in SPLITS}
     splits, list_files_by_split, list_hashes = {}, {}, {}
     for split in SPLITS:
-        list_name = bench.list_file(split, fold)
-        list_files = {lvl: lists_dir / level_folder(lvl, face, reverse) / list_name for lvl in LEVELS}
-        for lvl, path in list_files.items():
-            if not path.is_file():
-                raise DataListError(f"{path}: data list not found (level {lvl}, split {split}); expected "
-                                    f"the original layout under {lists_dir}")
+        list_files = _list_files(lists_dir, bench.list_file(split, fold), face, reverse, split)
         clips = align_lists(list_files, len(names), on_error=(lambda e: skipped.append(str(e))) if skip_bad else None)
         splits[split] = (clips, list_files)
+        if feature_dim is None and clips:
+            feature_dim = infer_feature_dim(root, clips[0], list_files["H"])
         list_files_by_split[split] = {lvl: str(p) for lvl, p in list_files.items()}
         list_hashes[split] = {lvl: hashlib.sha256(p.read_bytes()).hexdigest() for lvl, p in list_files.items()}
+
+    feature_dim = feature_dim or 1408  # no clip listed at all: the ViT-g width
 
     def load_clips(split: str, clips: list[Clip]) -> Iterator[tuple[Clip, dict[str, np.ndarray] | None]]:
         list_files = splits[split][1]
@@ -177,7 +231,9 @@ def _write_indices(dataset_dir: Path, written: dict[str, list[Clip]]) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pthnet import-features", description=__doc__)
     parser.add_argument("--dataset", required=True, help="FERv39k, DFEW, MAFW, CREMA-D, eNTERFACE05, "
-                        "RAVDESS, MELD or CASME2")
+                        "RAVDESS, MELD, CASME2, or a dataset of your own (classes from --classes or "
+                        "ROOT/annotation/NAME/classes.txt; lists train.txt / test.txt)")
+    parser.add_argument("--classes", help="the classes of a dataset of your own: 'a,b,c' or a file, one per line")
     parser.add_argument("--root", required=True, type=Path, help="folder the list paths are relative to "
                         "(the one holding get_features/)")
     parser.add_argument("--out", required=True, type=Path, help="data directory to create")
@@ -188,12 +244,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--face", action="store_true", help="the face-crop (_face) features")
     parser.add_argument("--label-set", choices=("single", "compound"), help="MAFW label set")
     parser.add_argument("--skip-bad", action="store_true", help="skip invalid clips, write skipped.json")
-    parser.add_argument("--feature-dim", type=int, default=1408, help="feature size (default 1408)")
+    parser.add_argument("--feature-dim", type=int, help="feature size (default: read from the first clip's "
+                        "features; 1408 for ViT-g)")
     args = parser.parse_args(argv)
     try:
         import_features(args.dataset, args.root, args.out, lists=args.lists, fold=args.fold,
                         reverse=args.reverse, face=args.face, label_set=args.label_set,
-                        skip_bad=args.skip_bad, feature_dim=args.feature_dim)
+                        skip_bad=args.skip_bad, feature_dim=args.feature_dim, classes=args.classes)
     except (DataListError, ValueError, OSError) as err:  # OSError: FileExistsError, ImportWriteError...
         print(f"pthnet import-features: {err}", file=sys.stderr)
         return 2

@@ -5,8 +5,12 @@ Anything that cannot be read raises `DecodeError` with the file's name in the me
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +134,45 @@ def find_clips(videos: str | os.PathLike) -> list[Path]:
             clips.append(here)
         clips.extend(here / name for name in filenames if Path(name).suffix.lower() in VIDEO_EXTENSIONS)
     return sorted(clips, key=lambda p: natural_key(str(p)))
+
+
+class BackgroundDecoder:
+    """Decode clips in background threads, a bounded number ahead, in order; time the waits."""
+
+    def __init__(self, paths: Sequence[Path], workers: int, ahead: int):
+        self.paths = list(paths)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode")
+        self.ahead = max(1, ahead)
+        self.wait_seconds = 0.0
+        self.busy_seconds = 0.0
+        self._lock = threading.Lock()
+
+    def _load(self, path: Path):
+        started = time.perf_counter()
+        try:
+            return load_clip(path)
+        except DecodeError as err:
+            return err
+        except Exception as err:  # anything else a broken file provokes inside a decoder
+            return DecodeError(f"{path}: cannot decode ({type(err).__name__}: {err})")
+        finally:
+            with self._lock:
+                self.busy_seconds += time.perf_counter() - started
+
+    def __iter__(self):
+        futures: collections.deque = collections.deque()
+        position = 0
+        try:
+            while position < len(self.paths) or futures:
+                while position < len(self.paths) and len(futures) < self.ahead:
+                    futures.append((self.paths[position], self.pool.submit(self._load, self.paths[position])))
+                    position += 1
+                path, future = futures.popleft()
+                started = time.perf_counter()
+                frames = future.result()
+                self.wait_seconds += time.perf_counter() - started
+                yield path, frames
+        finally:
+            for _, future in futures:
+                future.cancel()
+            self.pool.shutdown(wait=True, cancel_futures=True)

@@ -36,6 +36,7 @@ class Backbone:
     dim: int
     name: str = "backbone"
     input_dtype: Any = jnp.float32  # dtype the resized frames are kept in on the device
+    compute_dtype: str = "float32"  # the backbone's compute dtype (recorded with the features it makes)
 
 
 @dataclasses.dataclass

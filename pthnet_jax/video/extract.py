@@ -13,18 +13,23 @@ windows of many clips share fixed-size batches on every local device while backg
 decode the next clips. Resumable: a clip whose files all exist is skipped, every file is written
 atomically, so a killed run re-run ends with the same files. Clips that cannot be decoded are listed
 in ROOT/skipped.json and the rest goes on. Several processes (PTHNET_COORDINATOR,
-PTHNET_NUM_PROCESSES, PTHNET_PROCESS_ID, as for training) split the clips between them.
+PTHNET_NUM_PROCESSES, PTHNET_PROCESS_ID, as for training) split the clips between them. Ctrl-C stops
+after the clip at hand (exit 75); the same command resumes.
+
+Before anything is decoded: NAME is a benchmark (FERv39k, DFEW, ...) or a dataset of your own with
+--classes 'a,b,c' (labels: class names or numbers 0..K-1; ROOT/annotation/NAME/classes.txt is written
+for import-features); every label is checked. ROOT/get_features/NAME/extract_record.json records the
+backbone (sha256 of its weights, width, dtype) and the schedule; a re-run that differs is refused
+(--force deletes NAME's features and lists and starts over).
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import concurrent.futures
 import dataclasses
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,7 +37,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from pthnet_jax.fsutil import atomic_path, atomic_write_json
-from pthnet_jax.video.decode import VIDEO_EXTENSIONS, DecodeError, find_clips, load_clip
+from pthnet_jax.video.decode import VIDEO_EXTENSIONS, BackgroundDecoder, DecodeError, find_clips
+from pthnet_jax.video.backbone import add_backbone_arguments, load_backbone, videomae_backbone  # noqa: F401
 from pthnet_jax.video.engine import Backbone, WindowEngine, chunk_windows
 from pthnet_jax.video.lists import read_labels, variant_folder, write_lists
 from pthnet_jax.video.windows import DEFAULT_STRIDES, DIRECTIONS, END_CHOICES, SCHEDULES, SHORT_CHOICES, plan_clip
@@ -111,84 +117,115 @@ def _run_clips(engine: WindowEngine, clips: Iterable[tuple[Any, np.ndarray]], op
     yield from finish_ready()
 
 
-class _Decoder:
-    """Decode clips in background threads, a bounded number ahead, in order; time the waits."""
+def _check_inputs(videos: Path, out: Path, dataset: str, labels, split: str, classes, paths, names):
+    """Everything that can be checked before decoding: dataset name, labels, classes, clip names."""
+    from pthnet_jax.video import record as rec
 
-    def __init__(self, paths: Sequence[Path], workers: int, ahead: int):
-        self.paths = list(paths)
-        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, workers), thread_name_prefix="decode")
-        self.ahead = max(1, ahead)
-        self.wait_seconds = 0.0
-        self.busy_seconds = 0.0
-        self._lock = threading.Lock()
-
-    def _load(self, path: Path):
-        started = time.perf_counter()
-        try:
-            return load_clip(path)
-        except DecodeError as err:
-            return err
-        except Exception as err:  # anything else a broken file provokes inside a decoder
-            return DecodeError(f"{path}: cannot decode ({type(err).__name__}: {err})")
-        finally:
-            with self._lock:
-                self.busy_seconds += time.perf_counter() - started
-
-    def __iter__(self):
-        futures: collections.deque = collections.deque()
-        position = 0
-        try:
-            while position < len(self.paths) or futures:
-                while position < len(self.paths) and len(futures) < self.ahead:
-                    futures.append((self.paths[position], self.pool.submit(self._load, self.paths[position])))
-                    position += 1
-                path, future = futures.popleft()
-                started = time.perf_counter()
-                frames = future.result()
-                self.wait_seconds += time.perf_counter() - started
-                yield path, frames
-        finally:
-            for _, future in futures:
-                future.cancel()
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    rec.check_dataset_name(dataset)
+    if not paths:
+        raise ValueError(f"{videos}: no videos ({', '.join(sorted(VIDEO_EXTENSIONS))}) and no folders of frame images "
+                         "found; point VIDEOS at the folder holding them (walked recursively) or at a list file")
+    if len(set(names)) != len(names):
+        dupes = sorted(n for n, c in collections.Counter(names).items() if c > 1)
+        raise ValueError(f"{videos}: several clips map to the same feature file name: {dupes[:5]}")
+    names_of_classes = rec.dataset_classes(dataset, rec.parse_classes(classes))
+    notes = []
+    if labels is None:
+        return None, names_of_classes, notes
+    raw, defaulted = read_labels(Path(labels), split)
+    label_map = rec.resolve_labels(raw, names_of_classes, dataset, Path(labels))
+    missing = [n for n in label_map if n not in set(names)]
+    if missing:
+        raise ValueError(f"{labels}: {len(missing)} labelled clips are not among the videos, e.g. {missing[:3]}")
+    if defaulted:
+        notes.append(f"{labels}: {defaulted} line(s) have no split column and went to the {split!r} split (--split)")
+    if not any(s == "train" for _, s in label_map.values()):
+        notes.append(f"the lists hold no training clip, so `pthnet import-features` (which needs train and test "
+                     f"lists) will refuse ROOT: add 'train' or 'test' as a third column of {labels}")
+    return label_map, names_of_classes, notes
 
 
 def extract(videos: str | os.PathLike, out: str | os.PathLike, dataset: str, backbone: Backbone, *,
             options: ExtractOptions | None = None, labels: str | os.PathLike | None = None,
             split: str = "test", fold: int | None = None, batch_per_device: int | None = None,
-            pool_frames: int | None = None, workers: int = 2, progress: bool = True) -> dict[str, Any]:
+            pool_frames: int | None = None, workers: int = 2, progress: bool = True,
+            classes: str | Sequence[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Extract every clip of VIDEOS into OUT (the layout above); returns the summary (also written to
     OUT/get_features/NAME/extract_summary.json). In a multi-process run (`jax.distributed` initialised,
-    as `pthnet extract` does from the PTHNET_* variables) process i takes clips i, i + P, ..."""
+    as `pthnet extract` does from the PTHNET_* variables) process i takes clips i, i + P, ...
+
+    Checked before any video is decoded: the dataset name, the labels and classes (`classes`: names
+    for a dataset of one's own, 'a,b,c' or a file), and that OUT's features were made by the same
+    backbone and schedule (`pthnet_jax.video.record`; `force` deletes them first). Stops at the next
+    finished clip on SIGINT/SIGTERM (`summary["interrupted"]`); a re-run resumes."""
     import jax
+
+    from pthnet_jax import interrupts
+    from pthnet_jax.video import record as rec
 
     options = options or ExtractOptions()
     videos, out = Path(videos), Path(out)
     process, processes = jax.process_index(), jax.process_count()
     paths = find_clips(videos)
     names = [clip_name(p, videos) for p in paths]
-    if len(set(names)) != len(names):
-        dupes = sorted(n for n, c in collections.Counter(names).items() if c > 1)
-        raise ValueError(f"{videos}: several clips map to the same feature file name: {dupes[:5]}")
+    if classes is not None and not isinstance(classes, str):
+        classes = ",".join(classes)
+    label_map, class_list, notes = _check_inputs(videos, out, dataset, labels, split, classes, paths, names)
+    variants = [variant_folder(s, d, options.face) for s in options.strides for d in options.directions]
+    record = rec.make_record(backbone, options)
+    # With --force, process 0 deletes and the others wait for it; otherwise every process checks.
+    forced = rec.check_root(out, dataset, record, variants, force) if process == 0 or not force else None
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("pthnet-extract-checked")
+    if process == 0:
+        rec.write_record(out, dataset, record, variants)
+        if class_list is not None and label_map is not None:
+            rec.write_classes(out, dataset, class_list)
     feature_root = out / "get_features" / dataset
-    label_map = read_labels(Path(labels), split) if labels else None
-    if label_map is not None:
-        missing = [n for n in label_map if n not in set(names)]
-        if missing:
-            raise ValueError(f"{labels}: {len(missing)} labelled clips are not among the videos, e.g. {missing[:3]}")
 
     def files_of(name: str) -> list[Path]:
-        return [feature_root / variant_folder(s, d, options.face) / f"{name}.npy"
-                for s in options.strides for d in options.directions]
+        return [feature_root / v / f"{name}.npy" for v in variants]
 
     mine = [(p, n) for i, (p, n) in enumerate(zip(paths, names)) if i % processes == process]
     todo = [(p, n) for p, n in mine if not all(f.exists() for f in files_of(n))]
-    resumed = len(mine) - len(todo)
     engine = WindowEngine(backbone, batch_per_device=batch_per_device, pool_frames=pool_frames)
-    decoder = _Decoder([p for p, _ in todo], workers, ahead=2 * max(1, workers) + 2)
-    name_of = {p: n for p, n in todo}
-    bar = _progress(len(mine), resumed, progress)
-    skipped, done, listed_windows = [], 0, 0
+    decoder = BackgroundDecoder([p for p, _ in todo], workers, ahead=2 * max(1, workers) + 2)
+    if todo and progress:
+        print(f"extract: the first clip compiles the backbone's programs (first run of these shapes only; "
+              f"{_cache_note()}); the bar starts moving after that", file=sys.stderr, flush=True)
+    with interrupts.deferred():
+        counts = _extract_loop(engine, decoder, options, feature_root, dict(todo), len(mine), len(mine) - len(todo),
+                               progress)
+    summary = {"videos": str(videos), "out": str(out), "dataset": dataset, "backbone": backbone.name,
+               "backbone_sha256": record["backbone_sha256"], "process": process, "processes": processes,
+               "clips": len(mine), "already_done": len(mine) - len(todo), **counts,
+               "windows_per_second": round(engine.windows_computed / max(counts["seconds"], 1e-9), 3),
+               "decode_wait_seconds": round(decoder.wait_seconds, 3),
+               "decode_busy_seconds": round(decoder.busy_seconds, 3), "devices": len(engine.devices),
+               "batch_per_device": engine.batch, "options": dataclasses.asdict(options), "notes": notes,
+               **({"forced": forced} if forced else {})}
+    skipped = summary.pop("skipped_clips")
+    _write_summary(out, feature_root, summary, skipped, process, processes)
+    if label_map is not None and process == 0 and not summary["interrupted"]:
+        summary["lists"] = write_lists(out, dataset, names, label_map, options, fold)
+    return summary
+
+
+def _cache_note() -> str:
+    import jax
+
+    cache = jax.config.jax_compilation_cache_dir
+    return f"cached in {cache}" if cache else "compilation cache off"
+
+
+def _extract_loop(engine, decoder, options, feature_root: Path, name_of: dict, total: int, resumed: int,
+                  progress: bool) -> dict[str, Any]:
+    from pthnet_jax import interrupts
+
+    bar = _progress(total, resumed, progress)
+    skipped, done, listed_windows, interrupted = [], 0, 0, False
     started = time.perf_counter()
     try:
         for path, result in _run_clips(engine, decoder, options):
@@ -205,21 +242,21 @@ def extract(videos: str | os.PathLike, out: str | os.PathLike, dataset: str, bac
             bar.update(1)
             bar.set_postfix_str(f"{engine.windows_computed / max(elapsed, 1e-9):.1f} windows/s, "
                                 f"{len(skipped)} skipped", refresh=False)
+            if interrupts.pending() is not None:
+                interrupted = True
+                break
     finally:
         bar.close()
-    wall = time.perf_counter() - started
-    summary = {"videos": str(videos), "out": str(out), "dataset": dataset, "backbone": backbone.name,
-               "process": process, "processes": processes, "clips": len(mine), "extracted": done,
-               "already_done": resumed, "skipped": len(skipped), "distinct_windows": engine.windows_computed,
-               "listed_windows": listed_windows, "seconds": round(wall, 3),
-               "windows_per_second": round(engine.windows_computed / max(wall, 1e-9), 3),
-               "decode_wait_seconds": round(decoder.wait_seconds, 3),
-               "decode_busy_seconds": round(decoder.busy_seconds, 3), "devices": len(engine.devices),
-               "batch_per_device": engine.batch, "options": dataclasses.asdict(options)}
+    return {"extracted": done, "skipped": len(skipped), "skipped_clips": skipped, "interrupted": interrupted,
+            "distinct_windows": engine.windows_computed, "listed_windows": listed_windows,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _write_summary(out: Path, feature_root: Path, summary: dict, skipped: list, process: int, processes: int):
     suffix = "" if processes == 1 else f".process-{process}"
     atomic_write_json(out / f"skipped{suffix}.json", {"skipped": skipped})
     atomic_write_json(feature_root / f"extract_summary{suffix}.json", summary)
-    if processes > 1:
+    if processes > 1 and not summary["interrupted"]:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("pthnet-extract-done")
@@ -228,37 +265,12 @@ def extract(videos: str | os.PathLike, out: str | os.PathLike, dataset: str, bac
             for i in range(processes):
                 merged += json.loads((out / f"skipped.process-{i}.json").read_text())["skipped"]
             atomic_write_json(out / "skipped.json", {"skipped": merged})
-    if label_map is not None and process == 0:
-        summary["lists"] = write_lists(out, dataset, names, label_map, options, fold)
-    return summary
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, initial: int, enabled: bool, desc: str = "extract", unit: str = "clip"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="clip", desc="extract", disable=not enabled, dynamic_ncols=True)
-
-
-def videomae_backbone(model, variables, name: str = "videomae") -> Backbone:
-    """A Flax `VideoMAE` module and its `{"params": ...}` as a `Backbone`."""
-    return Backbone(apply=model.apply, params=variables, dim=int(model.config.embed_dim), name=name)
-
-
-def load_backbone(path: str | os.PathLike, dtype: str = "float32", config=None) -> Backbone:
-    """A VideoMAE V2 checkpoint (the released `.pth`, read without PyTorch) as a `Backbone`;
-    `dtype` is the compute dtype (parameters keep the checkpoint's precision). `config` (a
-    `VideoMAEConfig`) is needed only for widths outside the family, whose head count the shapes
-    cannot tell."""
-    import jax.numpy as jnp
-
-    from pthnet_jax.convert.videomae import load_videomae
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such VideoMAE checkpoint")
-    model, variables = load_videomae(str(path), compute_dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
-                                     config=config)
-    return videomae_backbone(model, variables, name=f"{path.name} ({model.config.embed_dim}-d, {dtype})")
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
 def add_window_arguments(parser: argparse.ArgumentParser) -> None:
@@ -276,10 +288,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pthnet extract", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("videos", type=Path, help="a directory of videos / frame folders, or a list file")
-    parser.add_argument("--backbone", required=True, type=Path,
-                        help="VideoMAE V2 checkpoint (vit_g_hybrid_pt_1200e_k710_ft.pth) or converted directory")
+    add_backbone_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="ROOT of the original feature layout")
-    parser.add_argument("--dataset", required=True, help="benchmark name: the folder under get_features/")
+    parser.add_argument("--dataset", required=True, help="a benchmark name (FERv39k, DFEW, ...) or a name of your own "
+                        "(then --classes): the folder under get_features/")
+    parser.add_argument("--classes", help="the classes of a dataset of your own: 'name0,name1,...' or a file with one "
+                        "name per line (labels may then be names or numbers 0..K-1)")
+    parser.add_argument("--force", action="store_true", help="delete the dataset's features and lists in ROOT first "
+                        "(when they were made by another backbone or schedule)")
     parser.add_argument("--strides", type=int, nargs="+", default=list(DEFAULT_STRIDES))
     parser.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
     add_window_arguments(parser)
@@ -298,20 +314,33 @@ def main(argv: list[str]) -> int:
     options = ExtractOptions(tuple(args.strides), tuple(args.directions), args.schedule, args.end, args.short,
                              args.face)
     from pthnet_jax import parallel
+    from pthnet_jax.reporting import enable_compilation_cache
 
-    parallel.maybe_initialize_distributed()  # before any JAX computation; the processes split the clips
-    try:
-        backbone = load_backbone(args.backbone, args.dtype)
+    try:  # the videos, labels and classes are checked before the backbone is even read
+        paths = find_clips(args.videos)
+        _check_inputs(args.videos, args.out, args.dataset, args.labels, args.split, args.classes, paths,
+                      [clip_name(p, args.videos) for p in paths])
+        parallel.maybe_initialize_distributed()  # before any JAX computation; the processes split the clips
+        enable_compilation_cache()
+        backbone = load_backbone(args.backbone, args.dtype, num_heads=args.num_heads)
         summary = extract(args.videos, args.out, args.dataset, backbone, options=options, labels=args.labels,
                           split=args.split, fold=args.fold, batch_per_device=args.batch, workers=args.workers,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, classes=args.classes, force=args.force)
     except (FileNotFoundError, ValueError) as err:
         print(f"pthnet extract: {err}", file=sys.stderr)
         return 2
+    for note in summary.get("notes", []) + ([summary["forced"]] if summary.get("forced") else []):
+        print(f"pthnet extract: note: {note}", file=sys.stderr)
     print(f"extracted {summary['extracted']} clips ({summary['already_done']} already done, "
           f"{summary['skipped']} skipped) in {summary['seconds']:.1f}s: {summary['distinct_windows']} distinct "
           f"windows, {summary['windows_per_second']:.2f} windows/s; decode waited {summary['decode_wait_seconds']:.1f}s"
           f" -> {args.out}")
     if summary["skipped"]:
         print(f"skipped clips are listed in {args.out / 'skipped.json'}")
+    if summary["interrupted"]:
+        from pthnet_jax.interrupts import INTERRUPTED_EXIT
+
+        print("pthnet extract: interrupted; every finished clip is saved: re-run the same command to resume "
+              "(finished clips are skipped)", file=sys.stderr)
+        return INTERRUPTED_EXIT
     return 0

@@ -20,26 +20,30 @@ def variant_folder(stride: int, direction: str, face: bool = False) -> str:
     return f"{FEATURE_STEM}_{stride}" + ("_face" if face else "") + ("_rv" if direction == "reverse" else "")
 
 
-def read_labels(path: Path, default_split: str) -> dict[str, tuple[int, str]]:
-    """`<relative video path> <label> [split]` lines -> {clip name: (label, split)}."""
-    labels = {}
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+def read_labels(path: Path, default_split: str) -> tuple[dict[str, tuple[str, str]], int]:
+    """`<relative video path> <label> [split]` lines -> ({clip name: (label as written, split)}, the
+    number of lines without a split column). The labels are checked by `record.resolve_labels`."""
+    labels, defaulted = {}, 0
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such labels file")
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) not in (2, 3):
             raise ValueError(f"{path}:{number}: expected '<relative video path> <label> [train|test]', got {line!r}")
-        try:
-            label = int(parts[1])
-        except ValueError as err:
-            raise ValueError(f"{path}:{number}: the label must be an integer, got {parts[1]!r}") from err
         split = parts[2] if len(parts) == 3 else default_split
+        defaulted += len(parts) == 2
         if split not in ("train", "test"):
             raise ValueError(f"{path}:{number}: split must be train or test, got {split!r}")
         name = parts[0]
         stem, suffix = os.path.splitext(name)
-        labels[stem if suffix.lower() in VIDEO_EXTENSIONS else name] = (label, split)
-    return labels
+        key = stem if suffix.lower() in VIDEO_EXTENSIONS else name
+        if key in labels:
+            raise ValueError(f"{path}:{number}: {name} is labelled twice")
+        labels[key] = (parts[1], split)
+    return labels, defaulted
 
 
 def write_lists(out: Path, dataset: str, names: Sequence[str], label_map: dict[str, tuple[int, str]],

@@ -117,7 +117,7 @@ class PthnetTask:
                              "or 0 (take it from the dataset)")
         if split.feature_dim != model_config.n_in:
             raise ValueError(f"the dataset's features have {split.feature_dim} channels but "
-                             f"config.model.n_in is {model_config.n_in}")
+                             f"config.model.n_in is {model_config.n_in}; set --config.model.n_in={split.feature_dim}")
 
     def input_options(self, model_config, data_section: Any = None) -> Inputs:
         noise = 0.0005 if data_section is None else float(data_section.get("noise_std", 0.0005))
