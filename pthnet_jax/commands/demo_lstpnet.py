@@ -12,7 +12,10 @@ import time
 from pathlib import Path
 
 
-def run_demo(workdir: str | Path = "lstpnet-demo", clips: int = 140, epochs: int | None = None,
+DEMO_EPOCHS = 12
+
+
+def run_demo(workdir: str | Path = "lstpnet-demo", clips: int = 140, epochs: int | None = DEMO_EPOCHS,
              seed: int = 0, overrides: dict | None = None, quiet: bool = False) -> dict:
     """Synthesize (unless WORKDIR/data exists), import, train, evaluate; returns the test metrics
     (`{"interrupted": True}` when stopped by a signal)."""
@@ -56,7 +59,7 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="lstpnet-demo", type=Path)
     parser.add_argument("--clips", type=int, default=140, help="synthetic training clips (test: half)")
-    parser.add_argument("--epochs", type=int, help="override configs/lstpnet_tiny.py's epoch count")
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs (default {DEMO_EPOCHS})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from pthnet_jax.commands.train import INTERRUPTED_EXIT
