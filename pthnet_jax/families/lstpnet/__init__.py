@@ -4,13 +4,7 @@
 model.py, cross-entropy, BatchNorm statistics as model state, and clips read by a grain pipeline
 (clip_pipeline.py) from the frames dataset `pthnet import-clips` writes (clip_data.py).
 """
+from pthnet_jax.families.lstpnet.files import detect, export_file, import_file
 from pthnet_jax.families.lstpnet.task import TASK
 
-__all__ = ["TASK", "detect"]
-
-
-def detect(keys) -> bool:
-    """A PyTorch state dict's keys are LSTPNet's (for `pthnet convert`)."""
-    from pthnet_jax.families.lstpnet.convert import is_lstpnet
-
-    return is_lstpnet(keys)
+__all__ = ["TASK", "detect", "export_file", "import_file"]

@@ -70,7 +70,10 @@ class LstpnetTask:
     display_name = DISPLAY_NAME
     terms = ("total", "ce")
     mutable: tuple[str, ...] = ("batch_stats",)
-    state_sync = "pmean"
+    # The original trains under nn.DataParallel: each GPU normalises its own chunk and only the
+    # master replica's running statistics persist. config.train.model_state_sync="pmean" averages
+    # the devices' statistics instead (cross-device).
+    state_sync = "first"
     metrics = ("UAR", "WAR", "weighted_f1")
     fusion = None
 
