@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("pthnet_jax.video.extract", "VideoMAE V2 features of videos, in the original layout"),
     "predict": ("pthnet_jax.video.predict", "class probabilities of video files (backbone + PTH-Net)"),
     "demo-video": ("pthnet_jax.commands.demo_video", "the whole video path on synthetic clips, nothing downloaded"),
+    "import-htnet": ("pthnet_jax.commands.import_htnet", "import HTNet's released flow images (a checkout) into TFDS"),
     "bench-extract": ("pthnet_jax.benchmarks.extract", "feature extraction speed against PyTorch (one window f32, batched bf16)"),
 }
 
