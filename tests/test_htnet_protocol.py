@@ -57,3 +57,42 @@ def test_combine_pools_every_subject_and_names_the_selection():
     selections["b"] = Selection("best_on_test")
     with pytest.raises(ValueError, match="differently"):
         combine(selections, splits, labels)
+
+
+@pytest.mark.slow  # trains a tiny HTNet per held-out subject (a few seconds each once compiled)
+def test_reduced_protocol_learns_the_synthetic_class(tmp_path):
+    """Import -> load -> per held-out subject: fresh tiny model, compat batch order, Adam, selection -> pooled."""
+    import jax
+    import optax
+
+    from pthnet_jax.families.htnet.dataset import import_checkout, load, write_synthetic
+    from pthnet_jax.families.htnet.model import HTNet, HTNetConfig, init_params
+
+    checkout = write_synthetic(tmp_path / "checkout", subjects=3, per_subject=6)
+    data = load(import_checkout(checkout, tmp_path / "data", quiet=True))
+    config = HTNetConfig(dim=16, heads=2, block_repeats=1)
+    model, optimizer = HTNet(config), optax.adam(1e-3)
+    images, labels = data["mosaic"].astype(np.float32), data["label"].astype(np.int32)
+
+    @jax.jit
+    def step(params, state, x, y):
+        def loss_fn(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+        grads = jax.grad(loss_fn)(params)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    predict = jax.jit(lambda params, x: model.apply({"params": params}, x).argmax(-1))
+    splits = loso_splits(data["subject"])
+    selections = {}
+    for number, (subject, train, test) in enumerate(splits):
+        params = init_params(config, jax.random.key(number))["params"]
+        state = optimizer.init(params)
+        selections[subject] = Selection("last")
+        for epoch in range(1, 31):
+            for batch in batches(epoch_order(train, labels, data["sample"]), 256):
+                params, state = step(params, state, images[batch], labels[batch])
+            selections[subject].update(epoch, np.asarray(predict(params, images[test])), labels[test])
+    result = combine(selections, splits, labels, data["database"])
+    assert result["selection"] == "last" and set(result["epochs"].values()) == {30}
+    assert result["all"]["UF1"] > 0.9 and result["all"]["UAR"] > 0.9

@@ -22,7 +22,7 @@ import numpy as np
 
 from pthnet_jax.convert.errors import CheckpointError, show
 from pthnet_jax.convert.mapping import MappingError
-from pthnet_jax.families.htnet.model import HTNetConfig
+from pthnet_jax.families.htnet.config import HTNetConfig
 
 Transform = Callable[[np.ndarray], np.ndarray]
 _STAGE = re.compile(r"^layers\.(\d{1,6})\.0\.pos_emb$")

@@ -21,119 +21,17 @@ Parameter names follow the reference's table (`patch_embed`, `stage_i/pos_emb`,
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pthnet_jax.families.htnet.config import INITS, HTNetConfig
+
 Array = jax.Array
-INITS = ("torch", "flax")
-
-
-@dataclasses.dataclass(frozen=True)
-class HTNetConfig:
-    """The original constructor's arguments (no `dim_head`: the original ignores it). Defaults: released.
-
-    `init`: "torch" gives PyTorch's default initialisation (uniform +-1/sqrt(fan_in) for weights and
-    biases, standard normal positional scalars), what the original trains from; "flax" Flax's
-    defaults (LeCun normal kernels, zero biases).
-    """
-
-    image_size: int = 28
-    patch_size: int = 7
-    num_classes: int = 3
-    dim: int = 256
-    heads: int = 3
-    num_hierarchies: int = 3
-    block_repeats: tuple[int, ...] | int = (2, 2, 10)
-    mlp_mult: int = 4
-    channels: int = 3
-    dropout: float = 0.0
-    init: str = "torch"
-
-    def __post_init__(self):
-        repeats = self.block_repeats
-        if isinstance(repeats, (int, np.integer)) and not isinstance(repeats, bool):
-            repeats = (int(repeats),) * max(int(self.num_hierarchies), 0) if isinstance(
-                self.num_hierarchies, (int, np.integer)) else (int(repeats),)
-        elif isinstance(repeats, (list, tuple)):
-            repeats = tuple(repeats)
-        object.__setattr__(self, "block_repeats", repeats)
-        problems = _problems(self)
-        if problems:
-            raise ValueError("HTNetConfig: " + "; ".join(problems))
-
-    # --- derived sizes (reference §1.1) ---
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def block_side(self) -> int:
-        """L: tokens per side of a block, the same at every stage."""
-        return self.grid // 2 ** (self.num_hierarchies - 1)
-
-    @property
-    def seq_len(self) -> int:
-        return self.block_side ** 2
-
-    def width(self, stage: int) -> int:
-        return self.dim * 2 ** stage
-
-    def num_heads(self, stage: int) -> int:
-        return self.heads * 2 ** stage
-
-    def head_dim(self, stage: int) -> int:
-        return self.width(stage) // self.num_heads(stage)
-
-    def inner(self, stage: int) -> int:
-        return self.num_heads(stage) * self.head_dim(stage)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "block_repeats": list(self.block_repeats)}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "HTNetConfig":
-        values = dict(values)
-        if "dim_head" in values:
-            raise ValueError("HTNetConfig: 'dim_head' is not a field: the original ignores it (the head size "
-                             "is floor(width / heads)); remove it")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown HTNetConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
-
-
-def _problems(cfg: HTNetConfig) -> list[str]:
-    ints = ("image_size", "patch_size", "num_classes", "dim", "heads", "num_hierarchies", "mlp_mult", "channels")
-    bad = [name for name in ints if isinstance(getattr(cfg, name), bool)
-           or not isinstance(getattr(cfg, name), (int, np.integer)) or getattr(cfg, name) < 1]
-    if bad:
-        return [f"{', '.join(bad)} must be positive integers"]
-    problems = []
-    repeats = cfg.block_repeats
-    if (not isinstance(repeats, tuple) or len(repeats) != cfg.num_hierarchies
-            or any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1 for r in repeats)):
-        problems.append(f"block_repeats={repeats!r} must be a positive int or {cfg.num_hierarchies} positive ints "
-                        "(one per stage)")
-    if cfg.image_size % cfg.patch_size:
-        problems.append(f"image_size={cfg.image_size} is not divisible by patch_size={cfg.patch_size}")
-    elif cfg.num_hierarchies > 30 or cfg.grid % 2 ** (cfg.num_hierarchies - 1):
-        problems.append(f"the {cfg.grid}x{cfg.grid} patch grid cannot be halved {cfg.num_hierarchies - 1} times "
-                        f"(num_hierarchies={cfg.num_hierarchies}): the grid must be divisible by "
-                        f"2^(num_hierarchies-1)")
-    if cfg.dim < cfg.heads:
-        problems.append(f"dim={cfg.dim} is smaller than heads={cfg.heads} (head size floor(dim/heads) would be 0)")
-    if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= float(cfg.dropout) < 1.0:
-        problems.append(f"dropout={cfg.dropout!r} must be in [0, 1)")
-    if cfg.init not in INITS:
-        problems.append(f"init={cfg.init!r} must be one of {INITS}")
-    return problems
 
 
 # --- initialisers ---------------------------------------------------------------------------------
@@ -173,6 +71,23 @@ class ChannelNorm(nn.Module):
         return (centred / jnp.sqrt(var + self.eps) * scale + bias).astype(dtype)
 
 
+# Blocks with at most this many scores per head (T^2) take products as broadcast multiply-and-sum:
+# the released model's T = 1 otherwise becomes thousands of 1x85 by 85x1 matrix products, slow on CPU.
+BROADCAST_MAX_SCORES = 16
+
+
+def _dot_qk(q: Array, k: Array, small: bool) -> Array:  # (N, T, h, D) x2 -> (N, h, T, T)
+    if small:
+        return (q[:, :, None] * k[:, None, :]).sum(-1).transpose(0, 3, 1, 2)
+    return jnp.einsum("nqhd,nkhd->nhqk", q, k)
+
+
+def _dot_wv(weights: Array, v: Array, small: bool) -> Array:  # (N, h, T, T), (N, T, h, D) -> (N, T, h, D)
+    if small:
+        return (weights.transpose(0, 2, 3, 1)[..., None] * v[:, None]).sum(2)
+    return jnp.einsum("nhqk,nkhd->nqhd", weights, v)
+
+
 class Attention(nn.Module):
     """Multi-head softmax attention over the T tokens of each block: (N, T, C) -> (N, T, C)."""
 
@@ -188,10 +103,11 @@ class Attention(nn.Module):
         # Three consecutive groups of `inner` channels (queries, keys, values), head-major inside each.
         qkv = qkv.reshape(*x.shape[:-1], 3, heads, head_dim)
         q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]  # (N, T, heads, D)
-        scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) * jnp.asarray(head_dim ** -0.5, q.dtype)
+        small = q.shape[1] ** 2 <= BROADCAST_MAX_SCORES
+        scores = _dot_qk(q, k, small) * jnp.asarray(head_dim ** -0.5, q.dtype)
         weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype)
         weights = nn.Dropout(cfg.dropout)(weights, deterministic=deterministic)
-        out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(*x.shape[:-1], inner)
+        out = _dot_wv(weights, v, small).reshape(*x.shape[:-1], inner)
         out = _dense(cfg, width, inner, "out", self.dtype)(out)
         return nn.Dropout(cfg.dropout)(out, deterministic=deterministic)
 
