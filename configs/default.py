@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
         select_metric="WAR",  # the original keeps the best WAR
         val_fraction=0.1, val_seed=0,  # held-out part of train when select_on == "val"
         keep_checkpoints=2, eval_every=1,
+        parallel_runs=1,  # `pthnet folds`: runs of the protocol trained at a time in one program (vmap)
         # Resume a workdir although the config or dataset differs from the saved run (listed).
         allow_resume_change=False,
         # > 0: trace this many training steps (from the start of the second epoch, or of the only

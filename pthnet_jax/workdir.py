@@ -26,7 +26,7 @@ LOCK_FILE = ".lock"
 
 # Fields that may change between the runs of one workdir without changing what was trained so far.
 RESUMABLE_CHANGES = ("data.data_dir", "train.epochs", "train.keep_checkpoints", "train.profile_steps",
-                     "eval.batch_size", "train.allow_resume_change")
+                     "eval.batch_size", "train.allow_resume_change", "train.parallel_runs")
 
 
 class WorkdirError(TrainingError):

@@ -1,0 +1,143 @@
+"""Many runs in one program (`pthnet_jax.runs`): K runs vmapped == the same runs trained alone;
+the run axis' plans, stores and schedule; a killed multi-run program resumes every run exactly."""
+import json
+
+import numpy as np
+import pytest
+
+from pthnet_jax import run_stack
+from pthnet_jax.checkpoint import load_checkpoint
+from pthnet_jax.runs import RunSpec, train_runs
+from pthnet_jax.train import train_and_evaluate
+
+from train_helpers import make_dataset, tiny_config
+
+TIMING = ("train_clips_per_s", "epoch_seconds", "eval_seconds", "save_seconds")
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """A second, smaller dataset (28 train clips: 4 steps per epoch against 5)."""
+    return make_dataset(tmp_path_factory.mktemp("small-data"), clips=28, test_clips=9)[0]
+
+
+def _specs(base, tiny_datasets, small_dataset):
+    forward, backward = tiny_datasets
+    # Two seeds and two sizes (5 and 4 steps per epoch); alone, the runs of one seed and size share a
+    # compiled program (the seed is static there), so the comparison compiles two programs, not three.
+    return [RunSpec("fwd_s0", base / "fwd_s0", str(forward), seed=0),
+            RunSpec("small_s1", base / "small_s1", str(small_dataset), seed=1),
+            RunSpec("rv_s0", base / "rv_s0", str(backward), seed=0)]
+
+
+def _final(workdir):
+    last = sorted((workdir / "checkpoints").iterdir(), key=lambda p: int(p.name))[-1]
+    _, variables, info, _ = load_checkpoint(last)
+    return variables["params"], info["provenance"]
+
+
+def _history(workdir):
+    return [{k: v for k, v in r.items() if k not in TIMING}
+            for r in json.loads((workdir / "history.json").read_text())]
+
+
+def _largest_difference(a, b):
+    import jax
+
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def together_and_alone(tiny_datasets, small_dataset, tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    config = tiny_config(tiny_datasets[0], **{"train.epochs": 2})
+    specs = _specs(base / "together", tiny_datasets, small_dataset)
+    summaries = train_runs(config, specs, parallel_runs=3)
+    alone = []
+    for spec in _specs(base / "alone", tiny_datasets, small_dataset):
+        run_cfg = tiny_config(spec.data_dir, **{"train.epochs": 2, "train.seed": spec.seed})
+        alone.append((spec, train_and_evaluate(run_cfg, spec.workdir)))
+    return specs, summaries, alone
+
+
+@pytest.mark.slow  # trains a model
+def test_three_runs_in_one_program_equal_the_runs_alone(together_and_alone):
+    specs, summaries, alone = together_and_alone
+    differences = []
+    for spec, summary, (alone_spec, alone_summary) in zip(specs, summaries, alone):
+        params, info = _final(spec.workdir)
+        alone_params, alone_info = _final(alone_spec.workdir)
+        differences.append(_largest_difference(params, alone_params))
+        assert info["step"] == alone_info["step"]
+        assert summary["best"]["epoch"] == alone_summary["best"]["epoch"]
+        together_h, alone_h = _history(spec.workdir), _history(alone_spec.workdir)
+        assert [r["epoch"] for r in together_h] == [1, 2]
+        for a, b in zip(together_h, alone_h):
+            assert a.keys() == b.keys()
+            for key in a:
+                if isinstance(a[key], dict):
+                    assert a[key] == pytest.approx(b[key], abs=1e-9), key
+                else:
+                    assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    print("largest parameter difference, together vs alone:", differences)
+    assert max(differences) < 1e-5
+
+
+def test_round_plan_pads_in_front_so_every_run_ends_its_epoch_together():
+    plan_a = (np.arange(10, dtype=np.int32).reshape(5, 2), np.ones((5, 2), bool))
+    plan_b = (np.arange(6, dtype=np.int32).reshape(3, 2) + 100, np.ones((3, 2), bool))
+    indices, valid, starts = run_stack.round_plan([plan_a, plan_b, None], [1, 0, 0])
+    assert indices.shape == (3, 4, 2) and starts == [0, 1, 4]
+    np.testing.assert_array_equal(indices[0], plan_a[0][1:])
+    assert not valid[1, 0].any() and valid[1, 1:].all()
+    np.testing.assert_array_equal(indices[1, 1:], plan_b[0])
+    assert not valid[2].any()
+
+
+def test_traced_schedule_equals_the_optimizer_of_a_run_alone():
+    import jax
+    import jax.numpy as jnp
+
+    from pthnet_jax.optim import make_optimizer
+
+    params = {"w": jnp.linspace(-1.0, 1.0, 7)}
+    grads = {"w": jnp.linspace(0.3, -0.2, 7)}
+    for spe in (3, 5):
+        alone = make_optimizer(lr=0.1, momentum=0.9, weight_decay=1e-3, milestones=(1, 2), gamma=0.3,
+                               steps_per_epoch=spe).transform
+        state_a = alone.init(params)
+
+        @jax.jit
+        def traced_update(state, steps_per_epoch):
+            return run_stack.traced_optimizer(0.1, 0.9, 1e-3, (1, 2), 0.3, steps_per_epoch).update(grads, state, params)
+
+        state_t = state_a
+        for _ in range(3 * spe):
+            up_a, state_a = alone.update(grads, state_a, params)
+            up_t, state_t = traced_update(state_t, jnp.int32(spe))
+            np.testing.assert_array_equal(np.asarray(up_a["w"]), np.asarray(up_t["w"]))
+
+
+def test_stacked_stores_pad_to_common_bucketed_sizes():
+    from pthnet_jax.data.sampling import ResidentFeatures
+
+    def store(clips, rows):
+        return ResidentFeatures({"H": np.ones((rows, 2), np.float32)}, {"H": np.zeros(clips, np.int32)},
+                                {"H": np.ones(clips, np.int32)}, np.ones(clips, np.int32))
+
+    stacked = run_stack.stacked_store([store(3, 20), store(5, 17)])
+    assert stacked.windows["H"].shape == (2, 20, 2) and stacked.labels.shape == (2, 5)
+    assert stacked.windows["H"][1, 17:].sum() == 0 and stacked.labels[0, 3:].sum() == 0
+
+
+def test_groups_are_even_and_bad_subsets_are_named(tiny_datasets, tmp_path):
+    from pthnet_jax.runs import _groups
+    from pthnet_jax.train import TrainingError
+
+    assert [len(g) for g in _groups(list(range(10)), 4)] == [3, 4, 3]
+    assert [len(g) for g in _groups(list(range(10)), 10)] == [10]
+    assert [len(g) for g in _groups(list(range(3)), 1)] == [1, 1, 1]
+    spec = RunSpec("bad", tmp_path / "bad", str(tiny_datasets[0]), train_clips=[0, 1, 99])
+    with pytest.raises(TrainingError, match="bad: train_clips must be distinct clip indices in 0..39"):
+        train_runs(tiny_config(tiny_datasets[0]), [spec, spec], parallel_runs=2)
