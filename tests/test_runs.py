@@ -49,16 +49,20 @@ def _largest_difference(a, b):
 
 
 @pytest.fixture(scope="module")
-def together_and_alone(tiny_datasets, small_dataset, tmp_path_factory):
-    base = tmp_path_factory.mktemp("runs")
+def together(tiny_datasets, small_dataset, tmp_path_factory):
+    """The three runs trained in one program."""
     config = tiny_config(tiny_datasets[0], **{"train.epochs": 2})
-    specs = _specs(base / "together", tiny_datasets, small_dataset)
-    summaries = train_runs(config, specs, parallel_runs=3)
+    specs = _specs(tmp_path_factory.mktemp("together"), tiny_datasets, small_dataset)
+    return specs, train_runs(config, specs, parallel_runs=3)
+
+
+@pytest.fixture(scope="module")
+def together_and_alone(together, tiny_datasets, small_dataset, tmp_path_factory):
     alone = []
-    for spec in _specs(base / "alone", tiny_datasets, small_dataset):
+    for spec in _specs(tmp_path_factory.mktemp("alone"), tiny_datasets, small_dataset):
         run_cfg = tiny_config(spec.data_dir, **{"train.epochs": 2, "train.seed": spec.seed})
         alone.append((spec, train_and_evaluate(run_cfg, spec.workdir)))
-    return specs, summaries, alone
+    return (*together, alone)
 
 
 @pytest.mark.slow  # trains a model
@@ -141,3 +145,69 @@ def test_groups_are_even_and_bad_subsets_are_named(tiny_datasets, tmp_path):
     spec = RunSpec("bad", tmp_path / "bad", str(tiny_datasets[0]), train_clips=[0, 1, 99])
     with pytest.raises(TrainingError, match="bad: train_clips must be distinct clip indices in 0..39"):
         train_runs(tiny_config(tiny_datasets[0]), [spec, spec], parallel_runs=2)
+
+
+@pytest.mark.slow  # trains (the program of the test above, from the compilation cache)
+def test_a_stopped_multi_run_program_resumes_every_run_exactly(together, tiny_datasets, small_dataset,
+                                                               tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import jax
+
+    specs, _ = together
+    config = tiny_config(tiny_datasets[0], **{"train.epochs": 2})
+    resumed = _specs(tmp_path, tiny_datasets, small_dataset)
+    calls = {"n": 0}
+    original_chunk = run_stack.chunk
+
+    def chunk_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2's first call (epoch 1 took two: 5 steps in calls of 4)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(run_stack, "chunk", chunk_then_signal)
+    assert train_runs(config, resumed, parallel_runs=3) is None
+    # Stopped mid-epoch: every run saved its steps of epoch 2 (4 of 5, 3 of 4, 4 of 5).
+    assert [_final(s.workdir)[1]["step"] for s in resumed] == [9, 7, 9]
+    monkeypatch.setattr(run_stack, "chunk", original_chunk)
+    assert train_runs(config, resumed, parallel_runs=3) is not None
+    for spec, reference in zip(resumed, specs):
+        params, info = _final(spec.workdir)
+        reference_params, reference_info = _final(reference.workdir)
+        jax.tree.map(np.testing.assert_array_equal, params, reference_params)
+        assert info["best"]["epoch"] == reference_info["best"]["epoch"]
+        assert [r["test"] for r in _history(spec.workdir)] == [r["test"] for r in _history(reference.workdir)]
+        for mine, theirs in zip(_history(spec.workdir), _history(reference.workdir)):
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
+        best, reference_best = load_checkpoint(spec.workdir / "best"), load_checkpoint(reference.workdir / "best")
+        jax.tree.map(np.testing.assert_array_equal, best[1], reference_best[1])
+
+
+@pytest.mark.slow  # trains three runs in one program through the command
+def test_folds_with_seeds_in_one_program(tmp_path, capsys):
+    from pthnet_jax.commands.folds import main
+    from pthnet_jax.data.importer import import_features
+    from pthnet_jax.data.synth import synthesize
+
+    root = synthesize(tmp_path / "root", "DFEW", clips=40, test_clips=13, feature_dim=16, quiet=True, signal=3.0,
+                      folds=[1])
+    import_features("DFEW", root, tmp_path / "dfew_1", fold=1, feature_dim=16, quiet=True)
+    argv = ["--config", "tiny", "--config.benchmark=DFEW", "--config.train.epochs=1", "--config.optim.milestones=(1,)",
+            "--data", str(tmp_path / "dfew_{fold}"), "--workdir", str(tmp_path / "runs"), "--folds", "1",
+            "--seeds", "3", "--parallel", "3"]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "runs" / "folds.json").read_text())
+    assert result["seeds"] == [0, 1, 2] and result["num_runs"] == 3
+    assert sorted(result["runs"]) == ["1/seed0", "1/seed1", "1/seed2"]
+    wars = [result["runs"][f"1/seed{s}"]["WAR"] for s in range(3)]
+    assert result["mean"]["WAR"] == pytest.approx(np.mean(wars)) and result["std"]["WAR"] == pytest.approx(np.std(wars))
+    for seed in range(3):  # each run wrote `pthnet train`'s workdir, with its own seed
+        workdir = tmp_path / "runs" / f"fold_1_seed{seed}"
+        assert json.loads((workdir / "config.json").read_text())["train"]["seed"] == seed
+        assert (workdir / "best").is_dir() and (workdir / "summary.json").is_file()
+    assert "3 runs, 3 at a time in one program" in capsys.readouterr().out
+    # Run again: every run is finished, nothing trains, the same summary comes back.
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "runs" / "folds.json").read_text())["runs"] == result["runs"]
