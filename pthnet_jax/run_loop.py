@@ -14,20 +14,18 @@ import jax
 import numpy as np
 
 from pthnet_jax import parallel, reporting, run_stack, timing
-from pthnet_jax.data import batch_plan, epoch_order
-from pthnet_jax.data.sampling import ResidentFeatures
 from pthnet_jax.epochs import StopOnSignal, check_finite
 from pthnet_jax.evaluation import Predictor
 from pthnet_jax.metrics import classification_metrics
-from pthnet_jax.models.pthnet import count_params
+from pthnet_jax.plan import batch_plan, epoch_order
 from pthnet_jax.train import _bookkeep, log, steps_per_dispatch
 
 
-def train_together(runs: list, model, clock: timing.RunClock) -> list[dict[str, Any]] | None:
+def train_together(runs: list, model, sync: str, clock: timing.RunClock) -> list[dict[str, Any]] | None:
     """Train the runs of one group to their last epoch; their summaries, or None when stopped."""
     active = [r for r in runs if not r.done]
     if active:
-        stopped = _train_active(active, model, clock)
+        stopped = _train_active(active, model, sync, clock)
         if stopped:
             return None
     clock.stop()
@@ -35,21 +33,26 @@ def train_together(runs: list, model, clock: timing.RunClock) -> list[dict[str, 
     for r in runs:
         with clock.phase("logging"):
             r.logger.finish()
-        summaries.append(reporting.final_summary(r.checkpoints.workdir, r.run, count_params(r.state.params),
+        summaries.append(reporting.final_summary(r.checkpoints.workdir, r.run, int(sum(x.size for x in jax.tree.leaves(r.state.params))),
                                                  r.config.train.select_on, clock))
     return summaries
 
 
 def _store(active: list) -> tuple[Any, bool]:
-    """The runs' training features on the devices: one store when they all train on one split."""
+    """The runs' training data on the devices: one store when they all train on one split."""
     splits = {id(r.split): r.split for r in active}
+    task = active[0].task
     if len(splits) == 1:
-        return parallel.replicate(ResidentFeatures.from_split(active[0].split, bucketed=True)), True
-    stores = [ResidentFeatures.from_split(r.split, bucketed=True) for r in active]
-    return parallel.replicate(run_stack.stacked_store(stores)), False
+        return task.store(active[0].split, train=True), True
+    stores = []
+    for split in splits.values():  # each store on the host, then stacked: not kept on the devices twice
+        stores.append(parallel.unreplicate(task.store(split, train=True)))
+        split.cache.clear()
+    by_split = {key: k for k, key in enumerate(splits)}
+    return parallel.replicate(run_stack.stacked_store([stores[by_split[id(r.split)]] for r in active])), False
 
 
-def _train_active(active: list, model, clock: timing.RunClock) -> bool:
+def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> bool:
     """Rounds until every run is done; True when a stop was agreed (everything saved)."""
     first = active[0].config
     tcfg, optim = first.train, first.optim
@@ -57,9 +60,11 @@ def _train_active(active: list, model, clock: timing.RunClock) -> bool:
         store, shared = _store(active)
     optim_key = (float(optim.lr), float(optim.momentum), float(optim.weight_decay),
                  tuple(int(m) for m in optim.milestones), float(optim.gamma))
-    chunk_fn = run_stack.runs_chunk_fn(model, optim_key, model.config.max_len, float(first.data.noise_std), shared)
+    task = active[0].task
+    options = task.input_options(active[0].model_config, first.data)
+    chunk_fn = run_stack.runs_chunk_fn(task, model, optim_key, options, sync, shared)
     per_call = steps_per_dispatch(tcfg.steps_per_dispatch, max(r.steps_per_epoch for r in active))
-    predictor = Predictor(model, mode="resident", batch_size=first.eval.batch_size)
+    predictor = Predictor(model, mode="resident", batch_size=first.eval.batch_size, task=task, options=options)
     seeds = run_stack.per_device([r.config.train.seed for r in active])
     spes = run_stack.per_device([r.steps_per_epoch for r in active])
     replicated = parallel.replicate(run_stack.stack([r.state for r in active]))
@@ -111,7 +116,7 @@ def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop
         earlier = r.run.partial if (first and r.run.partial.get("epoch") == epoch
                                     and r.run.partial.get("step") == r.step) else None
         r.progress = reporting.EpochProgress(epoch, tcfg.epochs, r.steps_per_epoch, first, tcfg.global_batch,
-                                             enabled=False, resume=earlier)
+                                             enabled=False, resume=earlier, terms=r.task.terms)
         # Alone, the run would report its steps in calls of this many: its running sums add up alike.
         r.block = steps_per_dispatch(tcfg.steps_per_dispatch, r.steps_per_epoch)
         r.pending, r.position, r.round_epoch = [], first, epoch
@@ -190,10 +195,11 @@ def _end_epoch(r, predictor: Predictor, clock: timing.RunClock) -> None:
     if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
         with clock.phase("eval"):
             started = time.perf_counter()
+            variables = {"params": r.state.params, **r.state.model_state}
             for name, (split, ids) in r.eval_sets.items():
-                logits, labels = predictor.predict(r.state.params, split, ids)
+                logits, labels = predictor.predict(variables, split, ids)
                 result = classification_metrics(logits, labels, split.num_classes)
-                record[name] = {k: result[k] for k in ("UAR", "WAR", "weighted_f1")}
+                record[name] = {k: result[k] for k in r.task.metrics}
             record["eval_seconds"] = time.perf_counter() - started
     is_best = _bookkeep(r.run, record, tcfg)
     save_started = time.perf_counter()

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from pthnet_jax import parallel, steps
-from pthnet_jax.data.sampling import ResidentFeatures, bucket
+from pthnet_jax.data.sampling import bucket
 
 
 # ---- trees with a run axis ---------------------------------------------------------------------
@@ -37,23 +37,24 @@ def unstack(tree: Any, count: int) -> list[Any]:
     return [jax.tree.map(lambda x, k=k: np.asarray(x)[k], tree) for k in range(count)]
 
 
-def stacked_store(stores: Sequence[ResidentFeatures]) -> ResidentFeatures:
-    """Per-run resident features padded to common (bucketed) sizes and stacked on a run axis.
+def stacked_store(stores: Sequence[Any]) -> Any:
+    """Per-run resident stores (host trees of one structure) padded to common sizes and stacked on a
+    run axis.
 
-    Padding rows and clips are never read (a plan names only a run's own clips), so a run's
-    samples are the ones it draws alone.
+    Every leaf is indexed by rows or clips on its first axis (a family's `store`: PTH-Net's flat
+    windows, offsets, counts and labels); it is zero-padded to the bucketed largest size. Padding
+    rows and clips are never read (a plan names only a run's own clips), so a run's samples are the
+    ones it draws alone.
     """
-    def padded_stack(arrays):
+    def padded_stack(*arrays):
+        arrays = [np.asarray(a) for a in arrays]
+        if arrays[0].ndim == 0:
+            return np.stack(arrays)
         rows = bucket(max(a.shape[0] for a in arrays))
         return np.stack([np.concatenate([a, np.zeros((rows - a.shape[0], *a.shape[1:]), a.dtype)])
                          if a.shape[0] < rows else a for a in arrays])
 
-    first = stores[0]
-    return ResidentFeatures(
-        windows={lvl: padded_stack([s.windows[lvl] for s in stores]) for lvl in first.windows},
-        offsets={lvl: padded_stack([s.offsets[lvl] for s in stores]) for lvl in first.offsets},
-        counts={lvl: padded_stack([s.counts[lvl] for s in stores]) for lvl in first.counts},
-        labels=padded_stack([s.labels for s in stores]))
+    return jax.tree.map(padded_stack, *stores)
 
 
 # ---- plans: a round of every run's current epoch -------------------------------------------------
@@ -115,14 +116,14 @@ def traced_optimizer(lr: float, momentum: float, weight_decay: float, milestones
                        optax.sgd(schedule, momentum=momentum or None, nesterov=False))
 
 
-def runs_chunk(state, store, indices, valid, epochs, seeds, steps_per_epoch, *, model, optim: tuple,
-               max_len: int, noise_std: float, shared_store: bool):
+def runs_chunk(state, store, indices, valid, epochs, seeds, steps_per_epoch, *, task, model, optim: tuple,
+               options, sync: str, shared_store: bool):
     """`steps.train_chunk` mapped over the run axis (inside pmap). `optim`: (lr, momentum,
     weight_decay, milestones, gamma). `shared_store`: one store for every run (no run axis)."""
     def one_run(state, store, indices, valid, epoch, seed, per_epoch):
         optimizer = traced_optimizer(*optim, per_epoch)
-        new, metrics = steps.train_chunk(state, store, indices, valid, epoch, model=model, optimizer=optimizer,
-                                         seed=seed, max_len=max_len, noise_std=noise_std)
+        new, metrics = steps.train_chunk(state, store, indices, valid, epoch, seed, task=task, model=model,
+                                         optimizer=optimizer, options=options, sync=sync)
         if indices.shape[0] == 1:  # train_chunk skips padded steps only in calls of several steps
             real = parallel.global_sum(jnp.any(valid).astype(jnp.int32)) > 0
             new = jax.tree.map(lambda a, b: jnp.where(real, a, b), new, state)
@@ -132,15 +133,13 @@ def runs_chunk(state, store, indices, valid, epochs, seeds, steps_per_epoch, *, 
     return jax.vmap(one_run, in_axes=in_axes)(state, store, indices, valid, epochs, seeds, steps_per_epoch)
 
 
-def runs_chunk_fn(model, optim: tuple, max_len: int, noise_std: float, shared_store: bool):
+def runs_chunk_fn(task, model, optim: tuple, options, sync: str, shared_store: bool):
     """The pmapped multi-run chunk (cached like every pmapped step: one trace per setting)."""
-    return steps.pmapped(runs_chunk, donate_state=True, model=model, optim=optim, max_len=max_len,
-                         noise_std=float(noise_std), shared_store=bool(shared_store))
+    return steps.pmapped(runs_chunk, donate_state=True, task=task, model=model, optim=optim, options=options,
+                         sync=sync, shared_store=bool(shared_store))
 
 
 @functools.lru_cache(maxsize=8)
-def jitted_init(model, transform):
-    """One compiled initialisation per (model, optimiser): every run of a protocol reuses it."""
-    from pthnet_jax.models.pthnet import init_variables
-
-    return jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"], transform))
+def jitted_init(task, model, transform):
+    """One compiled initialisation per (family, model, optimiser): every run of a protocol reuses it."""
+    return jax.jit(lambda key: steps.state_from_variables(task.init(model, key), transform))

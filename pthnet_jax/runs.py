@@ -24,18 +24,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from pthnet_jax import parallel, reporting, run_stack, timing
-from pthnet_jax.checkpoint import CheckpointError, RunState, TrainCheckpoints
+from pthnet_jax import reporting, run_stack, timing
+from pthnet_jax.checkpoint import CheckpointError
 from pthnet_jax.config_check import validate_config
-from pthnet_jax.data import choose_mode, open_split
 from pthnet_jax.epochs import TrainingError
 from pthnet_jax.fsutil import remove_stale_temp_files
-from pthnet_jax.models.pthnet import PTHNet
 from pthnet_jax.optim import make_optimizer
-from pthnet_jax.train import (_check_model_fits_data, _check_resume, _workdir_lock, compute_dtype,
-                              describe_os_error, log, model_config_from, steps_per_dispatch,
-                              train_and_evaluate, validation_split)
-from pthnet_jax.workdir import WorkdirError, check_workdir_path, dataset_fingerprint, run_identity
+from pthnet_jax.run_checkpoints import RunState, TrainCheckpoints
+from pthnet_jax.task import state_sync
+from pthnet_jax.train import (_check_model_fits_data, _check_resume, compute_dtype,
+                              describe_os_error, log, model_config_from, task_of, train_and_evaluate,
+                              validation_split)
+from pthnet_jax.workdir import (WorkdirError, check_workdir_path, dataset_fingerprint, run_identity,
+                                workdir_lock)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -111,6 +112,7 @@ class _Run:
     steps_per_epoch: int
     model_config: Any
     checkpoints: TrainCheckpoints
+    task: Any
     run: RunState = dataclasses.field(default_factory=RunState)
     logger: Any = None
     state: Any = None
@@ -144,13 +146,15 @@ def _open_run(config, spec: RunSpec, stack: contextlib.ExitStack, clock: timing.
     validate_config(config)
     workdir = Path(spec.workdir).absolute()
     check_workdir_path(workdir)
-    stack.enter_context(_workdir_lock(workdir))
+    stack.enter_context(workdir_lock(workdir))
     if jax.process_index() == 0:
         remove_stale_temp_files(workdir)
     dcfg, tcfg = config.data, config.train
+    task = task_of(config)
     with clock.phase("data"):
         try:  # runs on one dataset share its opened splits (and their features on the devices)
-            train_split, test_split = (_opened(splits, dcfg.data_dir, name) for name in (dcfg.train_split, dcfg.test_split))
+            train_split, test_split = (_opened(splits, task, dcfg.data_dir, name)
+                                       for name in (dcfg.train_split, dcfg.test_split))
         except (FileNotFoundError, KeyError, ValueError) as err:
             raise TrainingError(f"run {spec.name}: data directory {dcfg.data_dir}: "
                                 f"{err.args[0] if err.args else err}") from err
@@ -161,21 +165,22 @@ def _open_run(config, spec: RunSpec, stack: contextlib.ExitStack, clock: timing.
         kept, held_out = validation_split(len(train_ids), tcfg.val_fraction, tcfg.val_seed)
         train_ids, eval_sets["val"] = train_ids[kept], (train_split, train_ids[held_out])
     model_cfg = model_config_from(config, train_split.num_classes)
-    _check_model_fits_data(model_cfg, train_split)
+    _check_model_fits_data(task, model_cfg, train_split)
     fingerprint = dataset_fingerprint({"train": train_split, **{n: s for n, (s, _) in eval_sets.items()}})
     for name, ids in (("train", spec.train_clips), ("test", spec.test_clips)):
         if ids is not None:  # a subset is part of what the run trains on
             fingerprint[f"subset:{name}"] = _ids_digest(np.asarray(ids))
     identity = run_identity(config, fingerprint)
     spe = -(-len(train_ids) // tcfg.global_batch)
-    checkpoints = stack.enter_context(contextlib.closing(TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity)))
-    return _Run(spec, config, train_split, train_ids, eval_sets, spe, model_cfg, checkpoints)
+    checkpoints = stack.enter_context(contextlib.closing(
+        TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity, family=task.family)))
+    return _Run(spec, config, train_split, train_ids, eval_sets, spe, model_cfg, checkpoints, task)
 
 
-def _opened(splits: dict, data_dir: str, name: str):
-    key = (str(Path(data_dir).absolute()), name)
+def _opened(splits: dict, task, data_dir: str, name: str):
+    key = (task.family, str(Path(data_dir).absolute()), name)
     if key not in splits:
-        splits[key] = open_split(data_dir, name)
+        splits[key] = task.open(data_dir, name)
     return splits[key]
 
 
@@ -199,20 +204,21 @@ def _ids_digest(ids: np.ndarray) -> str:
 def _check_one_program(runs: list[_Run]) -> None:
     """Runs trained together share everything that shapes the program."""
     first = runs[0]
-    same = ("model", "model_dtype", "optim", "train.global_batch", "train.steps_per_dispatch", "train.epochs",
-            "data.noise_std", "data.mode", "train.eval_every", "train.select_on", "train.select_metric")
+    same = ("family", "model", "model_dtype", "optim", "train.model_state_sync", "train.global_batch",
+            "train.steps_per_dispatch", "train.epochs", "data.noise_std", "data.mode", "train.eval_every",
+            "train.select_on", "train.select_metric")
     for other in runs[1:]:
         for key in same:
             a, b = first.config, other.config
             for part in key.split("."):
-                a, b = a[part], b[part]
+                a, b = a.get(part), b.get(part)
             if key == "model":
                 a, b = first.model_config, other.model_config
             if a != b:
                 raise TrainingError(f"runs {first.spec.name} and {other.spec.name} cannot train in one program: "
                                     f"their {key} differ ({a} vs {b}); train them separately (parallel 1)")
     for r in runs:
-        if choose_mode(r.split, r.config.data.mode) != "resident":
+        if r.task.choose_mode(r.split, r.config.data.mode) != "resident":
             raise TrainingError(f"run {r.spec.name}: its training data does not fit in memory (streaming mode); "
                                 "runs trained side by side need resident data: train them one by one")
 
@@ -228,13 +234,18 @@ def _train_group(config, specs: list[RunSpec]) -> list[dict[str, Any]] | None:
             splits: dict = {}
             runs = [_open_run(config, spec, stack, clock, splits) for spec in specs]
             _check_one_program(runs)
-            model = PTHNet(runs[0].model_config, dtype=compute_dtype(config))
-            init = run_stack.jitted_init(model, _transform(runs[0]))
+            task = runs[0].task
+            model = task.model(runs[0].model_config, dtype=compute_dtype(config))
+            init = run_stack.jitted_init(task, model, _transform(runs[0]))
             for r in runs:
                 _start(r, init, stack, clock)
             log(f"{len(runs)} runs in one program: " + ", ".join(f"{r.spec.name} ({len(r.train_ids)} clips, "
                                                                  f"epoch {r.epoch})" for r in runs))
-            return train_together(runs, model, clock)
+            try:
+                sync = state_sync(task, runs[0].config)
+            except ValueError as err:
+                raise TrainingError(str(err)) from err
+            return train_together(runs, model, sync, clock)
     except CheckpointError as err:
         raise TrainingError(str(err)) from err
     except OSError as err:
@@ -277,5 +288,5 @@ def _start(r: _Run, init, stack: contextlib.ExitStack, clock: timing.RunClock) -
         if missing:
             log(f"{r.spec.name}: rewrote history.json, TensorBoard events and curves for epoch(s) {missing}")
     reporting.save_run_files(workdir, r.config)
-    record_training_data(workdir, r.config.data.data_dir)
+    record_training_data(workdir, r.config.data.data_dir, r.config.get("family"))
     r.done = r.epoch >= tcfg.epochs

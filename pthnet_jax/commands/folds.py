@@ -37,7 +37,7 @@ from pthnet_jax.commands.train import (INTERRUPTED_EXIT, USAGE_EXIT, config_name
                                        run_flags, wants_help)
 from pthnet_jax.fsutil import atomic_write_json
 
-METRICS = ("UAR", "WAR", "weighted_f1")
+METRICS = ("UAR", "WAR", "weighted_f1")  # PTH-Net's; a run reports its family's (`task.metrics`)
 USAGE = ("usage: pthnet folds --config NAME|FILE --data 'DIR_{{fold}}' --workdir DIR [--rv-data 'RV_DIR_{{fold}}' "
          "[--mu 0.7]] [--folds 1-5] [--parallel K] [--seeds N] [--import-root ROOT [--import-args '...']] "
          "[--config.a.b=v ...]\n"
@@ -48,21 +48,21 @@ class FoldsError(ValueError):
     """Bad fold data or arguments, found before any training."""
 
 
-def summarize(per_fold: dict[int, dict[str, float]]) -> dict[str, Any]:
+def summarize(per_fold: dict[int, dict[str, float]], metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
     """Mean and population std over folds of each metric."""
-    table = {m: np.array([row[m] for row in per_fold.values()], float) for m in METRICS}
+    table = {m: np.array([row[m] for row in per_fold.values()], float) for m in metrics}
     return {"num_folds": len(per_fold),
             "mean": {m: float(v.mean()) for m, v in table.items()},
             "std": {m: float(v.std()) for m, v in table.items()}}
 
 
-def fold_result(summary: dict[str, Any]) -> dict[str, Any]:
+def fold_result(summary: dict[str, Any], metrics: tuple[str, ...] = METRICS) -> dict[str, Any]:
     """Test metrics of the selected checkpoint of one fold's training summary."""
     best = summary.get("best") or {}
     test = best.get("metrics", {}).get("test")
     if test is None:
         raise RuntimeError("the fold's training summary has no test metrics for its selected epoch")
-    return {**{m: float(test[m]) for m in METRICS}, "epoch": best["epoch"], "selected_on": best["split"]}
+    return {**{m: float(test[m]) for m in metrics}, "epoch": best["epoch"], "selected_on": best["split"]}
 
 
 def fold_dirs(pattern: str | None, folds: list[int]) -> dict[int, Path]:
@@ -70,9 +70,10 @@ def fold_dirs(pattern: str | None, folds: list[int]) -> dict[int, Path]:
 
 
 def prepare_folds(benchmark: str, folds: list[int], data: dict[int, Path], rv_data: dict[int, Path],
-                  import_root: Path | None, import_args: list[str]) -> None:
-    """Import missing fold directories (with `import_root`), then check every one; raises FoldsError
-    listing every problem, before anything is trained."""
+                  import_root: Path | None, import_args: list[str], task: Any = None) -> None:
+    """Import missing fold directories (with `import_root`: PTH-Net's feature import), then check every
+    one (what `task`'s datasets record); raises FoldsError listing every problem, before anything is
+    trained."""
     from pthnet_jax.data.importer import main as import_main
     from pthnet_jax.evaluation import dataset_record, describe
 
@@ -90,7 +91,7 @@ def prepare_folds(benchmark: str, folds: list[int], data: dict[int, Path], rv_da
     problems, label_sets = [], set()
     for fold, directory, reverse in wanted:
         try:
-            record = dataset_record(directory)
+            record = dataset_record(directory, task)
         except (FileNotFoundError, ValueError) as err:
             problems.append(f"fold {fold}: {err}")
             continue
@@ -113,13 +114,13 @@ def train_fold(config, data_dir: Path, workdir: Path) -> dict[str, Any] | None:
     import ml_collections
 
     from pthnet_jax.commands.train import record_training_data
-    from pthnet_jax.train import train_and_evaluate
+    from pthnet_jax.train import task_of, train_and_evaluate
 
     fold_config = ml_collections.ConfigDict(config.to_dict())
     fold_config.data.data_dir = str(data_dir)
-    record_training_data(workdir, str(data_dir))
+    record_training_data(workdir, str(data_dir), config.get("family"))
     summary = train_and_evaluate(fold_config, workdir)
-    return None if summary.get("interrupted") else fold_result(summary)
+    return None if summary.get("interrupted") else fold_result(summary, tuple(task_of(config).metrics))
 
 
 def protocol_runs(data: dict[int, Path], rv_data: dict[int, Path], workdir: Path, seeds: list[int]
@@ -147,10 +148,15 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pat
     fuse; write WORKDIR/folds.json and return its content, or None when interrupted."""
     from pthnet_jax.evaluation import evaluate
     from pthnet_jax.runs import train_runs
+    from pthnet_jax.train import task_of
 
+    task = task_of(config)
+    metrics, shown = tuple(task.metrics), tuple(task.metrics[:2])
+    if rv_pattern is not None and task.fusion is None:
+        raise FoldsError(f"--rv-data: {task.display_name} defines no forward/backward fusion")
     workdir = Path(workdir).absolute()
     data, rv_data = fold_dirs(data_pattern, folds), fold_dirs(rv_pattern, folds)
-    prepare_folds(config.benchmark, folds, data, rv_data, import_root, import_args or [])
+    prepare_folds(config.benchmark, folds, data, rv_data, import_root, import_args or [], task)
     parallel_runs = int(parallel_runs or config.train.get("parallel_runs", 1))
     seeds = [int(config.train.seed) + i for i in range(num_seeds)]
     runs = protocol_runs(data, rv_data, workdir, seeds)
@@ -161,15 +167,13 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pat
         if summaries is None:
             return None
         for (direction, fold, seed, _), summary in zip(runs, summaries):
-            rows[direction][(fold, seed)] = fold_result(summary)
+            rows[direction][(fold, seed)] = fold_result(summary, metrics)
     for fold in folds:
-        for direction, _, seed, spec in (run for run in runs if run[1] == fold):
-            if parallel_runs > 1:
-                continue
+        for direction, _, seed, spec in (run for run in runs if run[1] == fold and parallel_runs == 1):
             print(f"\n=== {config.benchmark} fold {fold} ({direction}) of {folds}: {spec.data_dir} -> {spec.workdir}",
                   flush=True)
-            fold_config = config if len(seeds) == 1 else _with_seed(config, seed)
-            result = train_fold(fold_config, Path(spec.data_dir), spec.workdir)
+            result = train_fold(config if len(seeds) == 1 else _with_seed(config, seed), Path(spec.data_dir),
+                                spec.workdir)
             if result is None:
                 return None
             rows[direction][(fold, seed)] = result
@@ -177,21 +181,22 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pat
             suffix = f"_seed{seed}" if len(seeds) > 1 else ""
             fused, _ = evaluate(workdir / f"fold_{fold}{suffix}" / "best", data[fold], "test",
                                 workdir / f"fold_{fold}_rv{suffix}" / "best", rv_data[fold], mu)
-            rows["fused"][(fold, seed)] = {m: float(fused[m]) for m in METRICS}
-        print(f"fold {fold}: " + "  ".join(f"{d} UAR {np.mean([v['UAR'] for (k, _), v in r.items() if k == fold]):.2f} "
-                                           f"WAR {np.mean([v['WAR'] for (k, _), v in r.items() if k == fold]):.2f}"
-                                           for d, r in rows.items() if any(k == fold for k, _ in r)), flush=True)
-    result = {"benchmark": config.benchmark, "model_selection": config.train.select_on, **_block(rows["forward"], seeds)}
+            rows["fused"][(fold, seed)] = {m: float(fused[m]) for m in metrics}
+        print(f"fold {fold}: " + "  ".join(
+            f"{d} " + " ".join(f"{m} {np.mean([v[m] for (k, _), v in r.items() if k == fold]):.2f}" for m in shown)
+            for d, r in rows.items() if any(k == fold for k, _ in r)), flush=True)
+    result = {"benchmark": config.benchmark, "model_selection": config.train.select_on,
+              **_block(rows["forward"], seeds, metrics)}
     if rv_data:
-        result["backward"] = _block(rows["backward"], seeds)
-        result["fused"] = {"mu": mu, **_block(rows["fused"], seeds)}
+        result["backward"] = _block(rows["backward"], seeds, metrics)
+        result["fused"] = {"mu": mu, **_block(rows["fused"], seeds, metrics)}
     atomic_write_json(workdir / "folds.json", result)
     lines = [("forward", result)] + ([("backward", result["backward"]), (f"fused (mu={mu})", result["fused"])]
                                      if rv_data else [])
     over = f"{len(folds)} folds" + (f" x {len(seeds)} seeds" if len(seeds) > 1 else "")
     print(f"\n{config.benchmark}, {over} (checkpoints selected on {config.train.select_on}):")
     for name, block in lines:
-        print(f"  {name:<16}" + "  ".join(f"{m} {block['mean'][m]:.2f} ± {block['std'][m]:.2f}" for m in ("UAR", "WAR")))
+        print(f"  {name:<16}" + "  ".join(f"{m} {block['mean'][m]:.2f} ± {block['std'][m]:.2f}" for m in shown))
     print(f"-> {workdir / 'folds.json'}")
     return result
 
@@ -204,16 +209,16 @@ def _with_seed(config, seed: int):
     return result
 
 
-def _block(rows: dict[tuple[int, int], dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+def _block(rows: dict[tuple[int, int], dict[str, Any]], seeds: list[int], metrics: tuple[str, ...]) -> dict[str, Any]:
     """One direction's results: per fold (one seed: as before), or per run and per fold's mean over
     seeds (several seeds); mean and population std over every fold and seed."""
     if len(seeds) == 1:
-        return {"folds": {str(fold): v for (fold, _), v in rows.items()}, **summarize(rows)}
+        return {"folds": {str(fold): v for (fold, _), v in rows.items()}, **summarize(rows, metrics)}
     folds = sorted({fold for fold, _ in rows})
-    per_fold = {str(f): {m: float(np.mean([v[m] for (k, _), v in rows.items() if k == f])) for m in METRICS}
+    per_fold = {str(f): {m: float(np.mean([v[m] for (k, _), v in rows.items() if k == f])) for m in metrics}
                 for f in folds}
     return {"seeds": seeds, "runs": {f"{fold}/seed{seed}": v for (fold, seed), v in rows.items()},
-            "folds": per_fold, **summarize(rows), "num_runs": len(rows)}
+            "folds": per_fold, **summarize(rows, metrics), "num_runs": len(rows)}
 
 
 def define_flags(argv: list[str]):
