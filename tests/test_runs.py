@@ -211,3 +211,18 @@ def test_folds_with_seeds_in_one_program(tmp_path, capsys):
     # Run again: every run is finished, nothing trains, the same summary comes back.
     assert main(argv) == 0
     assert json.loads((tmp_path / "runs" / "folds.json").read_text())["runs"] == result["runs"]
+
+
+def test_leave_one_group_out_runs_are_clip_subsets_of_one_dataset(tmp_path):
+    from pthnet_jax.protocols import leave_one_group_out
+
+    groups = ["s1", "s2", "s1", "s3", "s2", "s2"]
+    specs = leave_one_group_out("data/casme2", groups, tmp_path, seed=4)
+    assert [s.name for s in specs] == ["subject_s1", "subject_s2", "subject_s3"]
+    for spec, name in zip(specs, ["s1", "s2", "s3"]):
+        expected_test = [i for i, g in enumerate(groups) if g == name]
+        assert list(spec.test_clips) == expected_test and spec.test_split == "train" and spec.seed == 4
+        assert sorted([*spec.train_clips, *spec.test_clips]) == list(range(len(groups)))
+        assert spec.workdir == tmp_path / f"subject_{name}" and spec.has_subsets
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        leave_one_group_out("d", ["a", "a"], tmp_path)

@@ -126,15 +126,16 @@ def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips:
     import jax
     import numpy as np
 
-    from pthnet_jax import parallel, run_stack, steps
-    from pthnet_jax.models.pthnet import PTHNet
+    from pthnet_jax import parallel, run_stack
     from pthnet_jax.optim import make_optimizer
+    from pthnet_jax.task import get_task
     from pthnet_jax.train import model_config_from
 
     config = _config(width)
     config.model.num_classes = 7
     model_cfg = model_config_from(config)
-    model = PTHNet(model_cfg)
+    task = get_task("pthnet")
+    model = task.model(model_cfg)
     batch, per_call = int(config.train.global_batch), 32
     if batch % parallel.local_device_count():
         batch = parallel.local_device_count() * max(1, batch // parallel.local_device_count())
@@ -142,7 +143,7 @@ def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips:
     optimizer = make_optimizer(lr=0.005, momentum=0.9, weight_decay=1e-4, milestones=(10,), gamma=0.5,
                                steps_per_epoch=spe)
     store = parallel.replicate(_synthetic_store(model_cfg, clips))
-    init = run_stack.jitted_init(model, optimizer.transform)
+    init = run_stack.jitted_init(task, model, optimizer.transform)
     rows, largest, failing = [], 0, None
     counts = list(run_counts)
     while counts:
@@ -150,7 +151,7 @@ def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips:
         if seconds_left is not None and seconds_left() < 10:
             break
         try:
-            row = _time_runs(k, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg)
+            row = _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg)
         except Exception as err:  # noqa: BLE001 - XlaRuntimeError RESOURCE_EXHAUSTED: K runs do not fit
             if "RESOURCE_EXHAUSTED" not in str(err) and "out of memory" not in str(err).lower():
                 raise
@@ -167,7 +168,7 @@ def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips:
             "rows": rows, "largest_fitting": largest, "first_failing": failing}
 
 
-def _time_runs(k, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg) -> dict[str, Any]:
+def _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg) -> dict[str, Any]:
     import jax
     import numpy as np
 
@@ -177,14 +178,16 @@ def _time_runs(k, model, optimizer, store, init, batch, per_call, spe, calls, mo
     rng = np.random.default_rng(k)
     plan_i = rng.integers(0, spe * batch, (k, per_call, batch)).astype(np.int32)
     plan_v = np.ones((k, per_call, batch), bool)
+    options = task.input_options(model_cfg)
     if k == 1:  # today's program: no run axis
-        fn = steps.pmapped(steps.train_chunk, donate_state=True, model=model, optimizer=optimizer.transform,
-                           seed=0, max_len=model_cfg.max_len, noise_std=0.0005)
+        fn = steps.pmapped(steps.train_chunk, donate_state=True, task=task, model=model,
+                           optimizer=optimizer.transform, options=options, sync="pmean")
         state = parallel.replicate(states[0])
+        zeros = np.zeros((parallel.local_device_count(),), np.int32)
         args = lambda: (parallel.split_for_devices(plan_i[0], axis=1), parallel.split_for_devices(plan_v[0], axis=1),
-                        np.zeros((parallel.local_device_count(),), np.int32))
+                        zeros, zeros)
     else:
-        fn = run_stack.runs_chunk_fn(model, (0.005, 0.9, 1e-4, (10,), 0.5), model_cfg.max_len, 0.0005, True)
+        fn = run_stack.runs_chunk_fn(task, model, (0.005, 0.9, 1e-4, (10,), 0.5), options, "pmean", True)
         state = parallel.replicate(run_stack.stack(states))
         extra = (run_stack.per_device([0] * k), run_stack.per_device(range(k)), run_stack.per_device([spe] * k))
         args = lambda: (*run_stack.chunk(plan_i, plan_v, 0, per_call), *extra)
