@@ -33,8 +33,9 @@ def train_together(runs: list, model, sync: str, clock: timing.RunClock) -> list
     for r in runs:
         with clock.phase("logging"):
             r.logger.finish()
-        summaries.append(reporting.final_summary(r.checkpoints.workdir, r.run, int(sum(x.size for x in jax.tree.leaves(r.state.params))),
-                                                 r.config.train.select_on, clock))
+        num_params = int(sum(x.size for x in jax.tree.leaves(r.state.params)))
+        summaries.append(reporting.final_summary(r.checkpoints.workdir, r.run, num_params, r.config.train.select_on,
+                                                 clock))
     return summaries
 
 
