@@ -1,6 +1,12 @@
 """`pthnet convert SRC DST`: a `.pth`/`.safetensors` file -> checkpoint directory, or a checkpoint
 directory -> `.pth` / `.safetensors` file (by DST's suffix). Neither direction needs PyTorch.
 
+A file is read as PTH-Net's first (the original release); when it is not one, each model family
+whose module (`pthnet_jax.task.FAMILIES`) exports `detect(keys)` is asked whether its keys are that
+family's, and that family's `import_file(path)` imports it (an `ImportedCheckpoint`-like object with
+`family`, `config`, `variables`, `provenance`, `torch_extra`). A directory is exported by its
+family's `export_file(src, dst)` (PTH-Net's: `convert.io.export_checkpoint`).
+
 DST appears only once everything succeeded (a staged directory or a temporary file renamed into
 place); a failure leaves no staging path behind and an existing DST (with --force) untouched. Errors
 are one escaped line on stderr and exit status 2, never a traceback.
@@ -14,32 +20,94 @@ from pathlib import Path
 from pthnet_jax.convert.errors import escape_text
 
 
-def _describe(config) -> str:
-    return (f"n_in={config.n_in} n_embd={config.n_embd} mlp_dim={config.mlp_dim} "
-            f"num_classes={config.num_classes} arch={config.arch} thr_size={config.thr_size} k={config.k} "
-            f"with_ln={config.with_ln} path_pdrop={config.path_pdrop}")
+def _describe(config, family: str | None = None) -> str:
+    from pthnet_jax.task import get_task
+
+    return get_task(family).describe(config)
+
+
+def _count(params) -> int:
+    import jax
+
+    return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
 def _say(text: str, err: bool = False) -> None:
     print(escape_text(text), file=sys.stderr if err else sys.stdout)
 
 
+def _import_file(src: Path):
+    """SRC as PTH-Net's; else as the family whose `detect` claims its keys (when it can import)."""
+    from pthnet_jax.convert.io import import_pth
+
+    try:
+        return import_pth(src)
+    except ValueError as err:
+        family = detect_family(src)
+        if family is None:
+            raise
+        module = _family_module(family)
+        if not hasattr(module, "import_file"):
+            raise ValueError(f"{src} holds a {module.TASK.display_name} checkpoint, which `pthnet convert` "
+                             "cannot import yet") from err
+        return module.import_file(src)
+
+
+def _family_module(name: str):
+    from pthnet_jax.task import family_module
+
+    return family_module(name)
+
+
+def detect_family(src: Path) -> str | None:
+    """The first family (other than PTH-Net, tried first) whose `detect(keys)` claims SRC's tensors."""
+    from pthnet_jax.convert.io import state_dict_from_file
+    from pthnet_jax.task import DEFAULT_FAMILY, FAMILIES
+
+    try:
+        keys = list(state_dict_from_file(src)[0])
+    except (ValueError, OSError):
+        return None
+    for name in FAMILIES:
+        if name == DEFAULT_FAMILY:
+            continue
+        try:
+            detect = getattr(_family_module(name), "detect", None)
+        except (ImportError, ValueError):  # a family without its TASK yet
+            continue
+        if detect is not None and detect(keys):
+            return name
+    return None
+
+
 def _import_to_directory(src: Path, dst: Path):
     """Read and map SRC first, then write the Orbax directory under a staging name and swap it in."""
-    from pthnet_jax.checkpoint import save_checkpoint
-    from pthnet_jax.convert.io import import_pth
+    from pthnet_jax.checkpoint import save_checkpoint, split_variables
     from pthnet_jax.fsutil import remove_path, staged_dir
 
-    imported = import_pth(src)
+    imported = _import_file(src)
+    params, model_state = split_variables(imported.variables)
     with staged_dir(dst) as staging:
         staging.rmdir()  # Orbax creates the directory itself (it refuses an existing one)
         try:
-            save_checkpoint(staging, imported.variables["params"], imported.config, imported.provenance,
-                            imported.torch_extra)
+            save_checkpoint(staging, params, imported.config, imported.provenance, imported.torch_extra,
+                            family=getattr(imported, "family", "pthnet"), model_state=model_state)
         finally:  # Orbax's own temporary directories beside the staging name, on any failure
             for leftover in staging.parent.glob(f"{staging.name}.*"):
                 remove_path(leftover)
     return imported
+
+
+def _export(src: Path, dst: Path) -> dict:
+    """A checkpoint directory -> DST, by the family it names (`export_file` of its module)."""
+    from pthnet_jax.checkpoint import read_info
+
+    family = read_info(src)["family"]
+    module = _family_module(family)
+    if not hasattr(module, "export_file"):
+        raise ValueError(f"{src} holds a {module.TASK.display_name} checkpoint, which `pthnet convert` "
+                         "cannot export yet")
+    return {**module.export_file(src, dst), "family": family}
 
 
 def _videomae_description(src: Path) -> str | None:
@@ -68,12 +136,11 @@ def _file_to_file(src: Path, dst: Path) -> int:
     """A `.pth`/`.safetensors` file to another such file: imported (checked), then exported."""
     import tempfile
 
-    from pthnet_jax.convert.io import export_checkpoint
-
     with tempfile.TemporaryDirectory(prefix=".pthnet-convert-", dir=dst.absolute().parent) as scratch:
         imported = _import_to_directory(src, Path(scratch) / "checkpoint")
-        summary = export_checkpoint(Path(scratch) / "checkpoint", dst)
-    _say(f"converted {src} -> {dst}: {summary['num_params']:,} parameters; {_describe(imported.config)}; "
+        summary = _export(Path(scratch) / "checkpoint", dst)
+    family = getattr(imported, "family", None)
+    _say(f"converted {src} -> {dst}: {summary['num_params']:,} parameters; {_describe(imported.config, family)}; "
          "the model's tensors only (an optimizer state or training recorder in SRC is not carried over)")
     return 0
 
@@ -88,8 +155,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("dst", type=Path, help="checkpoint directory to create, or .pth/.safetensors file")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
-
-    from pthnet_jax.models.pthnet import count_params
 
     src, dst = args.src, args.dst
     if not src.exists():
@@ -109,18 +174,17 @@ def main(argv: list[str]) -> int:
             return _file_to_file(src, dst)
         if src.is_file():
             imported = _import_to_directory(src, dst)
-            n = count_params(imported.variables["params"])
-            _say(f"imported {src} -> {dst}: {n:,} parameters; {_describe(imported.config)}; "
+            n = _count(imported.variables["params"])
+            family = getattr(imported, "family", None)
+            _say(f"imported {src} -> {dst}: {n:,} parameters; {_describe(imported.config, family)}; "
                  f"epoch={imported.provenance['epoch']} best_acc={imported.provenance['best_acc']}")
         else:
             if dst.is_dir() and not dst.is_symlink():
                 _say(f"pthnet convert: {dst} is a directory; exporting writes a file", err=True)
                 return 2
-            from pthnet_jax.convert.io import export_checkpoint
-
-            summary = export_checkpoint(src, dst)
+            summary = _export(src, dst)
             _say(f"exported {src} -> {dst}: {summary['num_params']:,} parameters; "
-                 f"{_describe(summary['config'])}; epoch={summary['epoch']}")
+                 f"{_describe(summary['config'], summary.get('family'))}; epoch={summary['epoch']}")
     except (ValueError, OSError) as err:  # CheckpointError is a ValueError; OSError: disk, permissions
         backbone = _videomae_description(src) if src.is_file() else None
         if backbone:

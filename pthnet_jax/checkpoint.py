@@ -1,19 +1,21 @@
-"""The pthnet-jax checkpoint directory: Orbax items `params`, `pthnet` (JSON) and `torch_extra`.
+"""The pthnet-jax checkpoint directory: Orbax items `params`, `pthnet` (JSON), and the optional
+`model_state` and `torch_extra`. One format for every model family.
 
-One format for everything that holds a model: `pthnet convert x.pth DIR` writes it, and every step
-directory of a training run's `CheckpointManager` carries the same items (plus `train_state`), so
+`pthnet convert x.pth DIR` writes it, and every step directory of a training run
+(`run_checkpoints.TrainCheckpoints`) carries the same items (plus `optimizer`), so
 `load_checkpoint`, `pthnet evaluate` and `pthnet convert DIR out.pth` accept both.
 
 - `params`: the Flax params tree (`StandardSave`), restored against the tree the model config implies.
-- `pthnet`: `{"format": "pthnet-jax", "format_version": 1, "model_config": {...}, "provenance": {...}}`.
+- `pthnet`: `{"format": "pthnet-jax", "format_version": 1, "family": "pthnet", "model_config": {...},
+  "provenance": {...}}`. `family` names the model family (`pthnet_jax.task.FAMILIES`) whose config
+  dataclass reads `model_config`; checkpoints written before families existed have none: PTH-Net.
+- `model_state` (optional): the mutable collections of families that have them (BatchNorm's
+  `batch_stats`); absent = none.
 - `torch_extra` (optional): tensors of an imported PyTorch checkpoint that the Flax model does not use
   (the never-used `pos_embed*` weights), keyed by their PyTorch names, so an export gives them back.
-- `optimizer` (training step directories only): the step counter and the optimiser state; with
-  `params` it is the whole train state, so no array is written twice.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -22,37 +24,49 @@ from typing import Any, Mapping
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pthnet_jax.models.pthnet import ModelConfig, abstract_variables
-from pthnet_jax.orbax_errors import QuietOrbaxErrors, describe_failure
+from pthnet_jax.orbax_errors import QuietOrbaxErrors
+from pthnet_jax.task import DEFAULT_FAMILY, UnknownFamily, get_task
 
 FORMAT = "pthnet-jax"
 FORMAT_VERSION = 1
-PARAMS_ITEM, INFO_ITEM, EXTRA_ITEM = "params", "pthnet", "torch_extra"
+PARAMS_ITEM, INFO_ITEM, EXTRA_ITEM, MODEL_STATE_ITEM = "params", "pthnet", "torch_extra", "model_state"
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete or of another format."""
 
 
-def checkpoint_info(model_config: ModelConfig, provenance: Mapping[str, Any]) -> dict[str, Any]:
+def checkpoint_info(model_config: Any, provenance: Mapping[str, Any], family: str = DEFAULT_FAMILY
+                    ) -> dict[str, Any]:
     """The JSON document stored in the `pthnet` item."""
-    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "family": family,
             "model_config": model_config.to_dict(), "provenance": dict(provenance)}
 
 
-def save_args(params: Any, model_config: ModelConfig, provenance: Mapping[str, Any],
-              torch_extra: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Orbax save args for the model items; training adds its `train_state` item to these."""
+def class_names(info: Mapping[str, Any]) -> list[str] | None:
+    """The class names (in label order) of the data a checkpoint was trained on, when it records them
+    (a training run's checkpoints do, in `provenance.class_names` or its dataset fingerprint)."""
+    provenance = info.get("provenance") or {}
+    names = provenance.get("class_names") or (provenance.get("dataset") or {}).get("class_names")
+    return [str(n) for n in names] if isinstance(names, list) and names else None
+
+
+def save_args(params: Any, model_config: Any, provenance: Mapping[str, Any],
+              torch_extra: Mapping[str, np.ndarray] | None = None, *, family: str = DEFAULT_FAMILY,
+              model_state: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Orbax save args for the model items; training adds its `optimizer` item to these."""
     items = {PARAMS_ITEM: ocp.args.StandardSave(params),
-             INFO_ITEM: ocp.args.JsonSave(checkpoint_info(model_config, provenance))}
+             INFO_ITEM: ocp.args.JsonSave(checkpoint_info(model_config, provenance, family))}
+    if model_state:
+        items[MODEL_STATE_ITEM] = ocp.args.StandardSave(dict(model_state))
     if torch_extra:
         items[EXTRA_ITEM] = ocp.args.StandardSave({k: np.asarray(v) for k, v in torch_extra.items()})
     return items
 
 
-def save_checkpoint(path: str | os.PathLike, params: Any, model_config: ModelConfig,
-                    provenance: Mapping[str, Any],
-                    torch_extra: Mapping[str, np.ndarray] | None = None) -> Path:
+def save_checkpoint(path: str | os.PathLike, params: Any, model_config: Any, provenance: Mapping[str, Any],
+                    torch_extra: Mapping[str, np.ndarray] | None = None, *, family: str = DEFAULT_FAMILY,
+                    model_state: Mapping[str, Any] | None = None) -> Path:
     """Write a checkpoint directory. Orbax writes to a temporary name and renames at the end."""
     path = Path(path).absolute()
     if path.exists():
@@ -60,8 +74,8 @@ def save_checkpoint(path: str | os.PathLike, params: Any, model_config: ModelCon
     remove_unfinished_saves(path)
     try:  # a failure is reported once by the caller; Orbax's writer threads stay quiet
         with QuietOrbaxErrors(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            checkpointer.save(path, ocp.args.Composite(**save_args(params, model_config, provenance,
-                                                                    torch_extra)))
+            checkpointer.save(path, ocp.args.Composite(**save_args(params, model_config, provenance, torch_extra,
+                                                                    family=family, model_state=model_state)))
     except BaseException:
         remove_unfinished_saves(path)  # a failed save (disk full...) leaves nothing behind
         raise
@@ -84,7 +98,7 @@ def remove_unfinished_saves(path: Path) -> list[Path]:
 
 
 def read_info(path: str | os.PathLike) -> dict[str, Any]:
-    """The `pthnet` JSON document of a checkpoint directory, validated."""
+    """The `pthnet` JSON document of a checkpoint directory, validated (`family` filled in)."""
     path = Path(path)
     info_file = path / INFO_ITEM / "metadata"
     if not path.is_dir():
@@ -96,33 +110,47 @@ def read_info(path: str | os.PathLike) -> dict[str, Any]:
         info = json.loads(info_file.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{info_file}: invalid JSON ({err})") from err
-    if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{info_file}: expected format {FORMAT!r} version {FORMAT_VERSION}, got "
-                              f"{info.get('format')!r} version {info.get('format_version')!r}")
+    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION:
+        got = info if not isinstance(info, dict) else f"{info.get('format')!r} version {info.get('format_version')!r}"
+        raise CheckpointError(f"{info_file}: expected format {FORMAT!r} version {FORMAT_VERSION}, got {got}")
     if "model_config" not in info:
         raise CheckpointError(f"{info_file}: key 'model_config' is missing")
+    info.setdefault("family", DEFAULT_FAMILY)  # written before families existed: PTH-Net
     return info
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any], dict[str, Any],
-                                                        dict[str, np.ndarray]]:
-    """Read a checkpoint directory -> (model config, {"params": ...}, info JSON, torch extras)."""
-    path = Path(path).absolute()
-    info = read_info(path)
+def task_and_config(path: Path, info: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The family's task and its model config from a checkpoint's info JSON."""
     try:
-        config = ModelConfig.from_dict(info["model_config"])
+        task = get_task(info.get("family", DEFAULT_FAMILY))
+    except UnknownFamily as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    try:
+        return task, task.config_from_dict(info["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: bad 'model_config' in the {INFO_ITEM} item: {err}") from err
-    target = abstract_variables(config)["params"]
+
+
+def split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """{"params", *collections} -> (params, {collections})."""
+    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    """Read a checkpoint directory -> (model config, variables {"params", *model_state}, info JSON,
+    torch extras). The checkpoint's family says which model config and variables to expect."""
+    path = Path(path).absolute()
+    info = read_info(path)
+    task, config = task_and_config(path, info)
+    params_target, state_target = split_variables(task.abstract_variables(config))
     with ocp.StandardCheckpointer() as checkpointer:
-        try:
-            params = checkpointer.restore(path / PARAMS_ITEM, target)
-        except (ValueError, KeyError, FileNotFoundError) as err:
-            raise CheckpointError(f"{path / PARAMS_ITEM}: parameters do not match the model config "
-                                  f"{config}: {str(err)[:600]}") from err
-        except Exception as err:  # noqa: BLE001 - TensorStore errors of damaged files
-            raise CheckpointError(f"{path / PARAMS_ITEM}: cannot be read ({type(err).__name__}: "
-                                  f"{str(err)[:600]}); the checkpoint is damaged") from err
+        params = _restore_item(checkpointer, path / PARAMS_ITEM, params_target, config)
+        model_state: dict[str, Any] = {}
+        if state_target:
+            if not (path / MODEL_STATE_ITEM).is_dir():
+                raise CheckpointError(f"{path}: no '{MODEL_STATE_ITEM}' item, but a {info['family']} model keeps "
+                                      f"{sorted(state_target)}; the checkpoint is incomplete")
+            model_state = _restore_item(checkpointer, path / MODEL_STATE_ITEM, state_target, config)
         extra: dict[str, np.ndarray] = {}
         if (path / EXTRA_ITEM).is_dir():
             try:
@@ -130,226 +158,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any
             except Exception as err:  # noqa: BLE001
                 raise CheckpointError(f"{path / EXTRA_ITEM}: cannot be read ({type(err).__name__}: "
                                       f"{str(err)[:600]}); the checkpoint is damaged") from err
-    return config, {"params": params}, info, extra
+    return config, {"params": params, **model_state}, info, extra
 
 
-# ---- training runs ---------------------------------------------------------------------------------
-# A training workdir holds `checkpoints/<step>/` (the items above plus `train_state`, written by an
-# Orbax CheckpointManager) and `best/` (a model checkpoint directory of the best epoch so far).
-
-CHECKPOINTS, BEST = "checkpoints", "best"
-OPTIMIZER_ITEM = "optimizer"
-# Step directories written before 2026-11-23 hold the whole train state (params included, a second
-# copy) in this item; they still restore.
-LEGACY_TRAIN_STATE_ITEM = "train_state"
-
-
-@dataclasses.dataclass
-class RunState:
-    """Bookkeeping saved with every checkpoint (in the `pthnet` JSON item).
-
-    Everything a workdir shows about finished epochs (`history.json`, `best/`, TensorBoard, the
-    curves, `summary.json`) is derived from this, so a run killed between a checkpoint and those
-    files repairs them on resume (`TrainCheckpoints.ensure_best`, `reporting.Logger.sync`).
-    """
-
-    epoch: int = 0  # epochs completed
-    history: list = dataclasses.field(default_factory=list)
-    best: dict = dataclasses.field(default_factory=dict)
-    # An epoch stopped mid-way: {"epoch", "step", "totals" (running metric sums), "seconds"}, so the
-    # resumed epoch's record covers all its steps.
-    partial: dict = dataclasses.field(default_factory=dict)
-
-
-class TrainCheckpoints:
-    """The checkpoints of one training run: every epoch (keep the last `keep`, and always the best
-    epoch's step, from which `best/` can be rebuilt) and `best/`.
-
-    Every process of a multi-process run calls every method (the saves and deletions are
-    collective); only process 0 moves `best/` into place. `identity` (config and dataset
-    fingerprint) is saved with every step so that a resume can check it runs the same experiment.
-    """
-
-    def __init__(self, workdir: str | os.PathLike, keep: int, identity: Mapping[str, Any] | None = None):
-        self.workdir = Path(workdir).absolute()
-        self.keep = max(1, int(keep))
-        self.identity = dict(identity or {})
-        options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.workdir / CHECKPOINTS, options=options,
-                                             item_names=(PARAMS_ITEM, INFO_ITEM, OPTIMIZER_ITEM,
-                                                         LEGACY_TRAIN_STATE_ITEM))
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def step_dir(self, step: int) -> Path:
-        return self.workdir / CHECKPOINTS / str(step)
-
-    def latest_info(self) -> dict[str, Any]:
-        """The `pthnet` JSON item of the latest step (CheckpointError when it is unreadable)."""
-        return read_info(self.step_dir(self.manager.latest_step()))
-
-    def restore(self, state: Any) -> tuple[Any, RunState]:
-        """The latest step's train state and its bookkeeping; `state` gives the tree, shapes and dtypes
-        (arrays or `jax.ShapeDtypeStruct`s); the arrays land on the first local device."""
-        import jax
-
-        step = self.manager.latest_step()
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), state)
-        legacy = (self.step_dir(step) / LEGACY_TRAIN_STATE_ITEM).is_dir()
-        if legacy:
-            items = {LEGACY_TRAIN_STATE_ITEM: ocp.args.StandardRestore(target)}
-        else:
-            items = {PARAMS_ITEM: ocp.args.StandardRestore(target.params),
-                     OPTIMIZER_ITEM: ocp.args.StandardRestore(_optimizer_item(target))}
-        items[INFO_ITEM] = ocp.args.JsonRestore()
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-            if legacy:
-                restored_state = restored[LEGACY_TRAIN_STATE_ITEM]
-            else:
-                rest = restored[OPTIMIZER_ITEM]
-                restored_state = target.replace(step=rest["step"], params=restored[PARAMS_ITEM],
-                                                opt_state=rest["opt_state"])
-            info = restored[INFO_ITEM]["provenance"]
-            run = RunState(int(info["epoch"]), list(info["history"]), dict(info["best"]),
-                           dict(info.get("partial") or {}))
-        except Exception as err:  # noqa: BLE001 - Orbax/TensorStore raise many kinds; name the path
-            raise CheckpointError(f"{self.step_dir(step)}: cannot restore this checkpoint into the "
-                                  f"model and optimiser of this run ({type(err).__name__}: {err}). It is "
-                                  "damaged or from another config: move it away to resume from the "
-                                  "previous step, or use another --workdir") from err
-        return restored_state, run
-
-    def save(self, state: Any, model_config: ModelConfig, run: RunState, *, best: bool = False,
-             interrupted: bool = False) -> None:
-        """A step directory with `params`, `pthnet` and `optimizer`; and `best/` when `best`.
-
-        A failure (disk full, permissions) raises CheckpointError naming the directory, removes the
-        half-written step and leaves the earlier checkpoints as they were.
-        """
-        step = int(state.step)
-        provenance = {"source": "pthnet-jax training", "run": str(self.workdir), "step": step,
-                      "epoch": run.epoch, "history": run.history, "best": run.best,
-                      "best_acc": run.best.get("value"), "interrupted": interrupted,
-                      "partial": run.partial if interrupted else {}, **self.identity}
-        items = save_args(state.params, model_config, provenance)
-        items[OPTIMIZER_ITEM] = ocp.args.StandardSave(_optimizer_item(state))
-        try:
-            with QuietOrbaxErrors():  # we report a failed save ourselves, in one line
-                self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-                self.manager.wait_until_finished()
-        except Exception as err:  # noqa: BLE001
-            self._remove_unfinished(step)
-            raise CheckpointError(f"{self.step_dir(step)}: could not save the checkpoint of step {step} "
-                                  f"({describe_failure(err)}); the earlier checkpoints are intact: free space "
-                                  "or fix the permissions, then run the same command again to resume") from err
-        if best:
-            self._replace_best(state.params, model_config, provenance)
-        self._prune(run)
-
-    def _remove_unfinished(self, step: int) -> None:
-        import jax
-
-        from pthnet_jax.fsutil import remove_path
-
-        if jax.process_index() != 0:
-            return
-        for path in (self.workdir / CHECKPOINTS).glob(f"{step}.orbax-checkpoint-tmp*"):
-            remove_path(path)
-        if step not in _finalized_steps(self.workdir / CHECKPOINTS):
-            remove_path(self.step_dir(step))
-
-    def _prune(self, run: RunState) -> None:
-        """Keep the last `keep` steps and the best epoch's step; delete the others."""
-        steps = sorted(self.manager.all_steps())
-        keep = set(steps[-self.keep:])
-        if run.best.get("step") is not None:
-            keep.add(int(run.best["step"]))
-        for step in steps:
-            if step not in keep:
-                self.manager.delete(step)
-
-    def best_is_current(self, run: RunState) -> bool:
-        """`best/` holds the step `run.best` names (or there is no best yet)."""
-        want = run.best.get("step")
-        if want is None:
-            return True
-        try:
-            return read_info(self.workdir / BEST)["provenance"].get("step") == want
-        except (CheckpointError, KeyError, AttributeError):
-            return False
-
-    def ensure_best(self, run: RunState) -> str | None:
-        """Re-create `best/` from the best epoch's step when a kill left it missing or stale.
-
-        Returns what was done (for the log), or None when `best/` was already right.
-        """
-        import jax
-
-        from pthnet_jax.fsutil import remove_stale_staging
-
-        current = self.best_is_current(run)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            current = bool(multihost_utils.broadcast_one_to_all(np.int32(current)))
-        if jax.process_index() == 0:
-            remove_stale_staging(self.workdir / BEST)
-        if current:
-            return None
-        step = int(run.best["step"])
-        if step not in self.manager.all_steps():
-            return (f"warning: {self.workdir / BEST} does not hold the best epoch {run.best.get('epoch')} "
-                    f"(step {step}) and that step's checkpoint is gone; it cannot be rebuilt")
-        info = read_info(self.step_dir(step))
-        config = ModelConfig.from_dict(info["model_config"])
-        target = abstract_variables(config)["params"]
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            **{PARAMS_ITEM: ocp.args.StandardRestore(target)}))
-        self._replace_best(restored[PARAMS_ITEM], config, info["provenance"])
-        return f"rebuilt {self.workdir / BEST} from the checkpoint of the best epoch {run.best.get('epoch')}"
-
-    def _replace_best(self, params: Any, model_config: ModelConfig, provenance: Mapping[str, Any]) -> None:
-        """Write the new best beside the old one, then swap: a crash leaves one complete copy.
-
-        The staging name is the same on every process (the save is collective); a leftover from a
-        killed run is removed first.
-        """
-        import jax
-        from jax.experimental import multihost_utils
-
-        from pthnet_jax.fsutil import remove_path, swap_in
-
-        staging = self.workdir / ".best-staging"
-        if jax.process_index() == 0:
-            remove_path(staging)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("pthnet best: staging clean")
-        try:
-            save_checkpoint(staging, params, model_config, provenance)
-            if jax.process_index() == 0:
-                swap_in(staging, self.workdir / BEST)
-        except Exception as err:  # noqa: BLE001
-            if jax.process_index() == 0:
-                remove_path(staging)
-            raise CheckpointError(f"{self.workdir / BEST}: could not write the best checkpoint "
-                                  f"({describe_failure(err)}); the run's checkpoints are intact and a re-run "
-                                  "rebuilds it") from err
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("pthnet best: swapped")
-
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-def _optimizer_item(state: Any) -> dict[str, Any]:
-    """What a train state (`steps.TrainState`) holds besides its params."""
-    return {"step": state.step, "opt_state": state.opt_state}
-
-
-def _finalized_steps(directory: Path) -> set[int]:
-    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} if directory.is_dir() else set()
+def _restore_item(checkpointer, item: Path, target: Any, config: Any) -> Any:
+    try:
+        return checkpointer.restore(item, target)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise CheckpointError(f"{item}: the arrays do not match the model config {config}: "
+                              f"{str(err)[:600]}") from err
+    except Exception as err:  # noqa: BLE001 - TensorStore errors of damaged files
+        raise CheckpointError(f"{item}: cannot be read ({type(err).__name__}: {str(err)[:600]}); "
+                              "the checkpoint is damaged") from err

@@ -1,8 +1,9 @@
 """Config validation, in one place, before any work.
 
-`validate_config(config)` checks every field a training run reads: numbers and their ranges, the
-choices of enumerated fields, the milestones (integers, increasing, within the epochs) and the model
-fields (through `ModelConfig`). All problems are reported at once, each naming its key, as one
+`validate_config(config)` checks every field a training run reads: the model family, numbers and
+their ranges, the choices of enumerated fields (the selection metric among the family's metrics), the
+milestones (integers, increasing, within the epochs); `config.model` is the family's to judge
+(`task.model_config_problems`). All problems are reported at once, each naming its key, as one
 `ConfigError`. Fields a config does not have keep their defaults and are not checked here.
 """
 from __future__ import annotations
@@ -13,11 +14,11 @@ from typing import Any, Callable
 import ml_collections
 
 from pthnet_jax.epochs import TrainingError
+from pthnet_jax.task import FAMILIES, STATE_SYNCS, UnknownFamily, family_of, get_task
 
 MODEL_DTYPES = ("float32", "bfloat16")
 DATA_MODES = ("auto", "resident", "streaming")
 SELECT_ON = ("test", "val")
-SELECT_METRICS = ("UAR", "WAR", "weighted_f1")
 
 
 class ConfigError(TrainingError):
@@ -75,14 +76,16 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.gamma": _number(0.0, low_open=True),
     "train.epochs": _int_at_least(1),
     "train.global_batch": _int_at_least(1),
-    "train.seed": _int_at_least(0),
+    # < 2**31: the seed is an int32 argument of the compiled step (traced: one program for every seed)
+    "train.seed": ((lambda v: _is_int(v) and 0 <= v < 2 ** 31), "an integer in [0, 2**31)"),
     "train.steps_per_dispatch": ((lambda v: _is_int(v) and v >= 0), "an integer >= 0 (0 = auto)"),
     "train.select_on": _choice(SELECT_ON),
-    "train.select_metric": _choice(SELECT_METRICS),
+    "train.model_state_sync": _choice(("",) + STATE_SYNCS),
     "train.val_fraction": _number(0.0, 1.0, low_open=True, high_open=True),
     "train.val_seed": _int_at_least(0),
     "train.keep_checkpoints": _int_at_least(1),
     "train.eval_every": _int_at_least(1),
+    "train.parallel_runs": _int_at_least(1),
     "train.profile_steps": _int_at_least(0),
     "train.allow_resume_change": _BOOL,
     "eval.batch_size": ((lambda v: _is_int(v) and v >= 0), "an integer >= 0 (0 = auto)"),
@@ -101,15 +104,25 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 def config_problems(config: ml_collections.ConfigDict) -> list[str]:
     """Every problem of `config`, one message per key (empty when the config is fine)."""
+    family = family_of(config)
+    if not isinstance(family, str) or family not in FAMILIES:
+        return [f"config.family must be one of {', '.join(repr(f) for f in sorted(FAMILIES))}, got {family!r}"]
+    try:
+        task = get_task(family)
+    except UnknownFamily as err:
+        return [f"config.family: {err}"]
+    rules = {**RULES, "train.select_metric": _choice(tuple(task.metrics))}
     problems = []
-    for key, (check, expected) in RULES.items():
+    for key, (check, expected) in rules.items():
         value = _get(config, key)
         if value is _MISSING:
             continue
         if not check(value):
             problems.append(f"config.{key} must be {expected}, got {value!r}")
     problems += _milestone_problems(_get(config, "optim.milestones"), _get(config, "train.epochs"))
-    problems += _model_problems(_get(config, "model"))
+    model = _get(config, "model")
+    if model is not _MISSING:
+        problems += task.model_config_problems(model.to_dict() if hasattr(model, "to_dict") else dict(model))
     return problems
 
 
@@ -128,37 +141,6 @@ def _milestone_problems(milestones: Any, epochs: Any) -> list[str]:
         return [f"config.optim.milestones must lie within 1..config.train.epochs={epochs} (the learning "
                 f"rate drops at the start of each listed epoch), got {tuple(values)}; for a shorter run pass "
                 f"them too, e.g. --config.optim.milestones='{tuple(m for m in values if m <= epochs)}'"]
-    return []
-
-
-def _model_problems(model: Any) -> list[str]:
-    if model is _MISSING:
-        return []
-    from pthnet_jax.models.pthnet import ModelConfig
-
-    fields = model.to_dict() if hasattr(model, "to_dict") else dict(model)
-    if fields.get("num_classes") == 0:  # 0: the dataset's class count, filled in later
-        fields["num_classes"] = 1
-    problems = []
-    for name in ("n_in", "n_embd", "mlp_dim", "max_len", "num_heads", "num_classes"):
-        value = fields.get(name, 1)
-        if not _is_int(value) or value < 1:
-            problems.append(f"config.model.{name} must be an integer >= 1"
-                            f"{' (0 = the dataset class count)' if name == 'num_classes' else ''}, got {value!r}")
-    for name, length in (("arch", 4), ("thr_size", 4), ("k", 3)):
-        value = fields.get(name, ())
-        if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != length or \
-                not all(_is_int(v) and v >= 0 for v in value):
-            problems.append(f"config.model.{name} must be {length} non-negative integers, got {value!r}")
-    value = fields.get("path_pdrop", 0.0)
-    if not _is_number(value) or not 0.0 <= value < 1.0:
-        problems.append(f"config.model.path_pdrop must be a finite number in [0, 1), got {value!r}")
-    if problems:
-        return problems
-    try:
-        ModelConfig.from_dict(fields)
-    except (TypeError, ValueError) as err:
-        return [f"config.model: {err}"]
     return []
 
 

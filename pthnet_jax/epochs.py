@@ -1,6 +1,8 @@
 """Running one training epoch: the resident or streaming step runner, and stopping on a signal.
 
-The trainer picks a runner once, from a small frozen `EpochSpec`; `run_epoch` drives it. The host
+The trainer picks a runner once, from a small frozen `EpochSpec` (which holds the family's task and
+its input options: the runners sample through `task.store`/`task.sample` or `task.stream`);
+`run_epoch` drives it. The host
 reads a device call's metrics only after it has dispatched the next call, so the device never waits
 for Python (progress bar, finiteness check, the next plan).
 
@@ -18,7 +20,6 @@ import jax
 import numpy as np
 
 from pthnet_jax import parallel, steps
-from pthnet_jax.data import iterate_batches, resident_features
 
 
 class TrainingError(RuntimeError):
@@ -34,8 +35,9 @@ class EpochSpec:
     steps_per_epoch: int
     steps_per_call: int  # resident mode: training steps fused into one device call (lax.scan)
     seed: int
-    max_len: int
-    noise_std: float
+    task: Any  # the family (`pthnet_jax.task.Task`)
+    options: Any  # the task's static input options (`task.input_options`)
+    sync: str = "pmean"  # how the devices' mutable collections are combined (`steps.combine_model_state`)
     profile_steps: int = 0
 
 
@@ -103,23 +105,24 @@ class ResidentRunner(_Runner):
     def __init__(self, spec: EpochSpec, split, model, optimizer):
         super().__init__(spec)
         try:
-            self.resident = resident_features(split)
+            self.resident = spec.task.store(split, train=True)
         except Exception as err:  # noqa: BLE001 - array_record / TFDS decoding errors of a damaged shard
             raise TrainingError(f"{split.dataset_dir}: the records of split {split.name!r} cannot be read "
                                 f"({type(err).__name__}: {str(err)[:300]}); the dataset is damaged: "
                                 "import it again") from err
-        self.chunk_fn = steps.pmapped(steps.train_chunk, donate_state=True, model=model, optimizer=optimizer,
-                                      seed=spec.seed, max_len=spec.max_len, noise_std=spec.noise_std)
+        self.chunk_fn = steps.pmapped(steps.train_chunk, donate_state=True, task=spec.task, model=model,
+                                      optimizer=optimizer, options=spec.options, sync=spec.sync)
 
     def calls(self, replicated, epoch: int, plan, start: int) -> Iterator[tuple[Any, Any, int]]:
         """Yield (state, per-step metrics on the devices, number of real steps) per device call."""
         indices, valid = plan
         chunk, total = self.spec.steps_per_call, self.spec.steps_per_epoch
         epochs = np.full((parallel.local_device_count(),), epoch, np.int32)
+        seeds = np.full((parallel.local_device_count(),), self.spec.seed, np.int32)  # traced: one program
         for position in range(start, total, chunk):
             plan_i, plan_v = _padded_chunk(indices, valid, position, chunk)
             args = (replicated, self.resident, parallel.split_for_devices(plan_i, axis=1),
-                    parallel.split_for_devices(plan_v, axis=1), epochs)
+                    parallel.split_for_devices(plan_v, axis=1), epochs, seeds)
             self._compile_then_meet(self.chunk_fn, args)
             replicated, metrics = self.chunk_fn(*args)
             yield replicated, metrics, min(chunk, total - position)
@@ -131,18 +134,19 @@ class StreamingRunner(_Runner):
     def __init__(self, spec: EpochSpec, split, train_ids: np.ndarray, model, optimizer):
         super().__init__(spec)
         self.split, self.train_ids = split, train_ids
-        self.step_fn = steps.pmapped(steps.train_step, donate_state=True, model=model, optimizer=optimizer,
-                                     seed=spec.seed)
+        self.step_fn = steps.pmapped(steps.seeded_train_step, donate_state=True, task=spec.task, model=model,
+                                     optimizer=optimizer, sync=spec.sync)
 
     def calls(self, replicated, epoch: int, plan, start: int) -> Iterator[tuple[Any, Any, int]]:
-        del plan  # iterate_batches plans the same epoch from (seed, epoch)
+        del plan  # the task's stream plans the same epoch from (seed, epoch)
         spec = self.spec
-        batches = iterate_batches(self.split, train=True, global_batch=spec.global_batch, seed=spec.seed,
-                                  epoch=epoch, mode="streaming", max_len=spec.max_len, noise_std=spec.noise_std,
-                                  num_devices=parallel.local_device_count(), clip_subset=self.train_ids,
-                                  shuffle=True, start_step=start, stop_step=spec.steps_per_epoch)
+        batches = spec.task.stream(self.split, train=True, global_batch=spec.global_batch, seed=spec.seed,
+                                   epoch=epoch, options=spec.options, num_devices=parallel.local_device_count(),
+                                   clip_subset=self.train_ids, shuffle=True, start_step=start,
+                                   stop_step=spec.steps_per_epoch)
+        seeds = np.full((parallel.local_device_count(),), spec.seed, np.int32)
         for batch in batches:
-            args = (replicated, parallel.shard(batch))
+            args = (replicated, parallel.shard(batch), seeds)
             self._compile_then_meet(self.step_fn, args)
             replicated, metrics = self.step_fn(*args)
             yield replicated, metrics, 1

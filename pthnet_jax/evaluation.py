@@ -1,4 +1,6 @@
-"""Evaluation: H-level logits of every clip of a split, the paper's metrics, forward/backward fusion.
+"""Evaluation for every family: a model's logits (`task.predict`) for every clip of a split, the
+paper's metrics, the checks of what a checkpoint and a dataset are, and fusion where the family
+defines it (PTH-Net's forward/backward fusion: `families/pthnet/fusion.py`).
 
 The library behind `pthnet evaluate` (`pthnet_jax.commands.evaluate`, which writes the files and
 plots) and behind the trainer's per-epoch evaluation.
@@ -14,36 +16,42 @@ import jax
 import numpy as np
 
 from pthnet_jax import parallel, steps
-from pthnet_jax.data import batch_plan, choose_mode, iterate_batches, resident_features
-from pthnet_jax.metrics import classification_metrics, fuse, mu_sweep
-from pthnet_jax.models.pthnet import PTHNet
+from pthnet_jax.metrics import classification_metrics
+from pthnet_jax.plan import batch_plan
 
 
 class Predictor:
-    """H-level logits for every clip of a split (or a subset), in list order, padded batches exact."""
+    """Evaluation logits (`task.predict`) for every clip of a split (or a subset), in list order,
+    padded batches exact."""
 
-    def __init__(self, model: PTHNet, mode: str = "auto", batch_size: int = 0):
-        self.model, self.mode = model, mode
+    def __init__(self, model: Any, mode: str = "auto", batch_size: int = 0, task: Any = None, options: Any = None):
+        if task is None:  # PTH-Net, as before families existed
+            from pthnet_jax.task import get_task
+
+            task = get_task()
+        self.task, self.model, self.mode = task, model, mode
+        self.options = task.input_options(model.config) if options is None else options
         self.devices = parallel.local_device_count() * jax.process_count()
         if batch_size < 0:
             raise ValueError(f"evaluation batch size must be >= 0 (0 = auto), got {batch_size}")
         batch_size = batch_size or default_eval_batch()
         self.batch_size = max(self.devices, (batch_size // self.devices) * self.devices)
-        self._resident_fn = steps.pmapped(steps.predict_resident, model=model, max_len=model.config.max_len)
-        self._batch_fn = steps.pmapped(steps.predict, model=model)
+        self._resident_fn = steps.pmapped(steps.predict_resident, task=task, model=model, options=self.options)
+        self._batch_fn = steps.pmapped(steps.predict, task=task, model=model)
 
-    def predict(self, params: Any, split, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """-> (logits (n, C), labels (n,)) for clips `ids` (default: all, list order)."""
+    def predict(self, variables: Any, split, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (logits (n, C), labels (n,)) for clips `ids` (default: all, list order). `variables`:
+        {"params", *model_state}, or the params alone."""
         ids = np.arange(split.num_clips) if ids is None else np.asarray(ids)
-        replicated = parallel.replicate(params)
+        replicated = parallel.replicate(steps._as_variables(variables))
         devices = parallel.local_device_count()
         # No batch larger than the split: 500 clips in a batch of 2048 would compute 4x the work.
         batch_size = min(self.batch_size, -(-len(ids) // self.devices) * self.devices)
         # Every process keeps its whole share, padded rows included, so that the shares it gathers
         # from the other processes have the same shape (a collective needs that); then filter.
         collected_index, collected_valid, collected_logits = [], [], []
-        if choose_mode(split, self.mode) == "resident":
-            resident = resident_features(split, levels=("H",))
+        if self.task.choose_mode(split, self.mode) == "resident":
+            resident = self.task.store(split, train=False)
             indices, valid = batch_plan(ids, global_batch=batch_size, process_index=jax.process_index(),
                                         process_count=jax.process_count())
             # Every batch is dispatched before any result is read: the host never stalls the device.
@@ -55,9 +63,9 @@ class Predictor:
                 collected_valid.append(step_valid)
                 collected_logits.append(np.asarray(logits).reshape(len(step_indices), -1))
         else:
-            for batch in iterate_batches(split, train=False, global_batch=batch_size, mode="streaming",
-                                         max_len=self.model.config.max_len, levels=("H",),
-                                         num_devices=devices, clip_subset=ids):
+            for batch in self.task.stream(split, train=False, global_batch=batch_size, seed=0, epoch=0,
+                                          options=self.options, num_devices=devices, clip_subset=ids,
+                                          shuffle=False):
                 logits = np.asarray(self._batch_fn(replicated, parallel.shard(batch)))
                 collected_index.append(batch["index"].reshape(-1))
                 collected_valid.append(batch["valid"].reshape(-1))
@@ -79,19 +87,22 @@ def default_eval_batch() -> int:
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, split_name: str = "test",
                         mode: str = "auto", batch_size: int = 0) -> dict[str, Any]:
-    """Logits and metrics of one checkpoint (directory or .pth) on one split."""
-    from pthnet_jax import load_model
-    from pthnet_jax.data import open_split
+    """Logits and metrics of one checkpoint (directory or .pth) on one split, by its family's task."""
+    from pthnet_jax import load_variables
 
-    model, variables = load_model(checkpoint)
-    split = open_split(data_dir, split_name)
-    if model.config.num_classes != split.num_classes:
-        raise ValueError(f"{checkpoint} predicts {model.config.num_classes} classes but {data_dir} "
+    task, config, variables = load_variables(checkpoint)
+    split = task.open(data_dir, split_name)
+    classes = getattr(config, "num_classes", split.num_classes)
+    if classes != split.num_classes:
+        raise ValueError(f"{checkpoint} predicts {classes} classes but {data_dir} "
                          f"({split.dataset_info.get('benchmark')}) has {split.num_classes}")
-    if model.config.n_in != split.feature_dim:
-        raise ValueError(f"{checkpoint} expects {model.config.n_in}-d features but {data_dir} has "
-                         f"{split.feature_dim}-d")
-    logits, labels = Predictor(model, mode, batch_size).predict(variables["params"], split)
+    try:
+        task.check_fits(config, split)
+    except ValueError as err:
+        raise ValueError(f"{checkpoint} does not fit {data_dir}: {err}") from err
+    model = task.model(config)
+    predictor = Predictor(model, mode, batch_size, task=task, options=task.input_options(config))
+    logits, labels = predictor.predict(variables, split)
     return {"split": split, "logits": logits, "labels": labels,
             "metrics": classification_metrics(logits, labels, split.num_classes)}
 
@@ -108,24 +119,27 @@ class DataMismatch(ValueError):
     """A checkpoint or dataset that is not what the evaluation needs (direction, benchmark, fold...)."""
 
 
-def dataset_record(data_dir: str | os.PathLike) -> dict[str, Any]:
-    """What an imported dataset is: its metadata's RECORD_KEYS, list checksums and directory."""
-    from pthnet_jax.data.builder import find_dataset_dir
+def dataset_record(data_dir: str | os.PathLike, task: Any = None) -> dict[str, Any]:
+    """What an imported dataset is: its metadata's RECORD_KEYS, class names, list checksums and
+    directory (`task.dataset_dir` finds it; default PTH-Net's)."""
+    if task is None:
+        from pthnet_jax.task import get_task
 
-    dataset_dir = find_dataset_dir(data_dir)
+        task = get_task()
+    dataset_dir = task.dataset_dir(data_dir)
     meta_file = dataset_dir / "metadata.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     record = {key: meta[key] for key in RECORD_KEYS if key in meta}
     return {**record, "variant": meta.get("variant"), "list_sha256": meta.get("list_sha256"),
-            "data_dir": str(dataset_dir)}
+            "class_names": meta.get("class_names"), "data_dir": str(dataset_dir)}
 
 
-def write_data_record(workdir: str | os.PathLike, data_dir: str | os.PathLike) -> None:
+def write_data_record(workdir: str | os.PathLike, data_dir: str | os.PathLike, task: Any = None) -> None:
     """Record a run's training data in WORKDIR/data.json (what `training_data_record` reads first)."""
     from pthnet_jax.fsutil import atomic_write_json
 
     if jax.process_index() == 0:
-        atomic_write_json(Path(workdir) / DATA_RECORD, dataset_record(data_dir))
+        atomic_write_json(Path(workdir) / DATA_RECORD, dataset_record(data_dir, task))
 
 
 def training_data_record(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
@@ -147,11 +161,14 @@ def training_data_record(checkpoint: str | os.PathLike) -> dict[str, Any] | None
     for run in runs:
         if (run / DATA_RECORD).is_file():
             return json.loads((run / DATA_RECORD).read_text())
-    for run in runs:  # a run started from Python: its config names the dataset
+    for run in runs:  # a run started from Python: its config names the dataset (and the family)
         if (run / "config.json").is_file():
-            data_dir = json.loads((run / "config.json").read_text()).get("data", {}).get("data_dir")
+            from pthnet_jax.task import get_task
+
+            saved = json.loads((run / "config.json").read_text())
+            data_dir = saved.get("data", {}).get("data_dir")
             try:
-                return dataset_record(data_dir) if data_dir else None
+                return dataset_record(data_dir, get_task(saved.get("family"))) if data_dir else None
             except (FileNotFoundError, ValueError):
                 continue
     return None
@@ -191,48 +208,6 @@ def check_checkpoint_data(role: str, checkpoint, data: dict[str, Any], checks: d
     checks["verified"].append(f"the {role} checkpoint was trained on {describe(trained)} = the data")
 
 
-def check_directions(forward: dict[str, Any], backward: dict[str, Any], checks: dict[str, list],
-                     allow_unrecorded: bool) -> None:
-    """The forward data is forward, the backward data reversed, both the same benchmark/fold/labels."""
-    for role, record, want in (("--data", forward, False), ("--rv-data", backward, True)):
-        if "reverse" not in record:
-            text = f"{role} {record['data_dir']} does not record its direction (imported by an older version)"
-            if not allow_unrecorded:
-                raise DataMismatch(f"{text}; re-import it, or pass --allow-unrecorded")
-            checks["unchecked"].append(text)
-        elif record["reverse"] != want:
-            raise DataMismatch(f"{role} {record['data_dir']} holds the {describe(record)} features, but "
-                               f"{role} needs the {'backward (--reverse)' if want else 'forward'} ones"
-                               + (" (were --data and --rv-data swapped?)" if want is False else ""))
-    diffs = [f"{key} {forward[key]!r} vs {backward[key]!r}" for key in RECORD_KEYS[:-1]
-             if key in forward and key in backward and forward[key] != backward[key]]
-    if diffs:
-        raise DataMismatch(f"--data {forward['data_dir']} and --rv-data {backward['data_dir']} are not the "
-                           f"same benchmark/fold/label set: {'; '.join(diffs)}")
-    checks["verified"].append(f"--data is {describe(forward)}, --rv-data {describe(backward)}")
-
-
-def forward_clip_id(clip_id: str) -> str:
-    """A clip's path with the `_rv` of its level folder removed: the same clip in both directions."""
-    return "/".join(part[:-3] if part.startswith("th14_vit_g_16") and part.endswith("_rv") else part
-                    for part in str(clip_id).split("/"))
-
-
-def check_clip_order(forward_split, backward_split) -> None:
-    """Fusion adds logits row by row: both splits must list the same clips, in the same order."""
-    a = [forward_clip_id(c) for c in forward_split.clip_ids]
-    b = [forward_clip_id(c) for c in backward_split.clip_ids]
-    if len(a) != len(b):
-        raise DataMismatch(f"the forward split has {len(a)} clips but the backward one {len(b)}: "
-                           "not the same list")
-    bad = next((i for i in range(len(a)) if a[i] != b[i]
-                or forward_split.labels[i] != backward_split.labels[i]), None)
-    if bad is not None:
-        raise DataMismatch(f"clip {bad + 1} of the forward list is {a[bad]} (label {forward_split.labels[bad]}) "
-                           f"but of the backward list {b[bad]} (label {backward_split.labels[bad]}): "
-                           "the lists are not the same clips in the same order")
-
-
 def evaluate(checkpoint, data_dir, split: str = "test", rv_checkpoint=None, rv_data=None, mu: float = 0.7,
              sweep: bool = False, mode: str = "auto", batch_size: int = 0, allow_unrecorded: bool = False
              ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -253,33 +228,57 @@ def evaluate(checkpoint, data_dir, split: str = "test", rv_checkpoint=None, rv_d
     if not 0.0 <= mu <= 1.0:
         raise ValueError(f"--mu must be in [0, 1], got {mu}")
     checks: dict[str, list] = {"verified": [], "unchecked": []}
-    fused = rv_checkpoint is not None
-    data = dataset_record(data_dir)
-    if fused:
-        rv_record = dataset_record(rv_data)
-        check_directions(data, rv_record, checks, allow_unrecorded)
-    check_checkpoint_data("forward" if fused else "evaluated", checkpoint, data, checks, allow_unrecorded, fused)
-    if fused:
-        check_checkpoint_data("backward", rv_checkpoint, rv_record, checks, allow_unrecorded, True)
-        from pthnet_jax.data import open_split
-
-        check_clip_order(open_split(data_dir, split), open_split(rv_data, split))
+    task = checkpoint_task(checkpoint)
+    if rv_checkpoint is not None:
+        if task.fusion is None:
+            raise ValueError(f"--rv-checkpoint: {checkpoint} is a {task.display_name} model, and that family "
+                             "defines no forward/backward fusion")
+        return task.fusion.evaluate_fused(task, checkpoint, data_dir, split, rv_checkpoint, rv_data, mu, sweep, mode,
+                                          batch_size, allow_unrecorded, checks)
+    data = dataset_record(data_dir, task)
+    check_checkpoint_data("evaluated", checkpoint, data, checks, allow_unrecorded, False)
     forward = evaluate_checkpoint(checkpoint, data_dir, split, mode, batch_size)
-    split_info = forward["split"]
     result = dict(forward["metrics"])
-    arrays = {"clip_ids": split_info.clip_ids, "labels": forward["labels"], "logits": forward["logits"]}
-    if fused:
-        backward = evaluate_checkpoint(rv_checkpoint, rv_data, split, mode, batch_size)
-        logits = fuse(forward["logits"], backward["logits"], mu)
-        result = classification_metrics(logits, forward["labels"], split_info.num_classes)
-        result["mu"] = mu
-        result["models"] = {"forward": forward["metrics"], "backward": backward["metrics"]}
-        arrays.update(logits=logits, logits_forward=forward["logits"], logits_backward=backward["logits"])
-        if sweep:
-            result["mu_sweep"] = mu_sweep(forward["logits"], backward["logits"], forward["labels"],
-                                          split_info.num_classes)
-    result["split"] = split
-    result["checkpoint"] = str(checkpoint)
-    result["class_names"] = split_info.class_names
-    result["checks"] = checks
-    return result, arrays
+    arrays = {"clip_ids": forward["split"].clip_ids, "labels": forward["labels"], "logits": forward["logits"]}
+    return finish_result(result, forward, checkpoint, split, checks), arrays
+
+
+def finish_result(result: dict[str, Any], evaluated: dict[str, Any], checkpoint, split: str,
+                  checks: dict[str, list]) -> dict[str, Any]:
+    """What every evaluation result names: split, checkpoint, class names (the checkpoint's when it
+    records them: they must be the data's) and the checks."""
+    data_names = list(evaluated["split"].class_names)
+    names = checkpoint_class_names(checkpoint)
+    if names is not None and data_names and list(names) != data_names:
+        raise DataMismatch(f"{checkpoint} was trained on the classes {list(names)} but the data's are "
+                           f"{data_names} (another benchmark or class order)")
+    result.update(split=split, checkpoint=str(checkpoint), class_names=list(names or data_names), checks=checks)
+    return result
+
+
+def checkpoint_task(checkpoint) -> Any:
+    """The task of the family a checkpoint (directory, training workdir or .pth) holds."""
+    from pthnet_jax.task import get_task
+
+    return get_task(_checkpoint_info(checkpoint).get("family"))
+
+
+def checkpoint_class_names(checkpoint) -> list[str] | None:
+    """The class names a checkpoint records (None: it records none, e.g. an imported .pth)."""
+    from pthnet_jax.checkpoint import class_names
+
+    return class_names(_checkpoint_info(checkpoint))
+
+
+def _checkpoint_info(checkpoint) -> dict[str, Any]:
+    from pthnet_jax.checkpoint import CheckpointError, read_info
+
+    path = Path(checkpoint)
+    if not path.is_dir():
+        return {}  # a file (an imported PyTorch checkpoint: PTH-Net's), or missing (reported later)
+    if not (path / "pthnet").exists() and (path / "best").exists():
+        path = path / "best"
+    try:
+        return read_info(path)
+    except CheckpointError:
+        return {}

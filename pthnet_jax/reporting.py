@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from pthnet_jax.checkpoint import BEST
+from pthnet_jax.run_checkpoints import BEST
 from pthnet_jax.fsutil import atomic_write, atomic_write_json, save_figure
 
 
@@ -145,14 +145,15 @@ class EpochProgress:
     """A tqdm bar per epoch with loss, accuracy, clips/s and ETA."""
 
     def __init__(self, epoch: int, epochs: int, steps: int, first: int, global_batch: int, enabled: bool,
-                 resume: dict | None = None):
+                 resume: dict | None = None, terms: tuple[str, ...] = ("total", "ce")):
         """`resume`: the `snapshot()` of this epoch's steps before `first` (a run resumed mid-epoch),
-        so the epoch's record covers all of its steps."""
+        so the epoch's record covers all of its steps. `terms`: the family's loss terms; the total
+        and the cross-entropy ("ce", when the family has one) are recorded."""
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                         disable=not enabled, dynamic_ncols=True, leave=True)
-        self.totals = {"total": 0.0, "ce": 0.0, "correct": 0.0, "count": 0.0}
+        self.totals = {"total": 0.0, **({"ce": 0.0} if "ce" in terms else {}), "correct": 0.0, "count": 0.0}
         self.earlier_seconds = 0.0
         if resume:
             self.totals.update({k: float(v) for k, v in resume["totals"].items() if k in self.totals})
@@ -178,7 +179,8 @@ class EpochProgress:
         self.bar.close()
         count = max(self.totals["count"], 1.0)
         elapsed = self.earlier_seconds + time.perf_counter() - self.started
-        return {"train_loss": self.totals["total"] / count, "train_ce": self.totals["ce"] / count,
+        ce = {"train_ce": self.totals["ce"] / count} if "ce" in self.totals else {}
+        return {"train_loss": self.totals["total"] / count, **ce,
                 "train_accuracy": 100 * self.totals["correct"] / count,
                 "train_clips_per_s": self.totals["count"] / max(elapsed, 1e-9), "epoch_seconds": elapsed}
 
@@ -204,7 +206,7 @@ class Logger:
 
     def _events(self, record: dict[str, Any]) -> None:
         step = record["step"]
-        for key in ("train_loss", "train_ce", "train_accuracy", "train_clips_per_s", "lr"):
+        for key in (k for k in ("train_loss", "train_ce", "train_accuracy", "train_clips_per_s", "lr") if k in record):
             self.writer.add_scalar(f"train/{key.removeprefix('train_')}", record[key], step)
         for split in ("test", "val"):
             for metric, value in record.get(split, {}).items():
@@ -254,8 +256,7 @@ class Logger:
         self._events(record)
         line = " | ".join([f"epoch {record['epoch']}", f"loss {record['train_loss']:.4f}",
                            f"train acc {record['train_accuracy']:.2f}"] +
-                          [f"{split} UAR {record[split]['UAR']:.2f} WAR {record[split]['WAR']:.2f}"
-                           for split in ("val", "test") if split in record])
+                          [f"{split} {_headline(record[split])}" for split in ("val", "test") if split in record])
         print(line, flush=True)
         atomic_write_json(self.workdir / "history.json", run.history, indent=1)
         if self._curves_drawn_at is None or time.monotonic() - self._curves_drawn_at >= self.curves_every_s:
@@ -304,14 +305,15 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (CE + KL)")
-    ax_loss.plot(epochs, [r["train_ce"] for r in history], "s--", label="train CE(H)")
+    if all("train_ce" in r for r in history):
+        ax_loss.plot(epochs, [r["train_ce"] for r in history], "s--", label="train CE(H)")
     ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend(), ax_loss.grid(alpha=0.3)
     ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train accuracy")
     for split in ("val", "test"):
         rows = [(r["epoch"], r[split]) for r in history if split in r]
         if rows:
-            ax_acc.plot([e for e, _ in rows], [m["WAR"] for _, m in rows], "s-", label=f"{split} WAR")
-            ax_acc.plot([e for e, _ in rows], [m["UAR"] for _, m in rows], "^--", label=f"{split} UAR")
+            for name, style in zip(reversed(_shown(rows[-1][1])), ("s-", "^--")):  # PTH-Net: WAR, UAR
+                ax_acc.plot([e for e, _ in rows], [m[name] for _, m in rows], style, label=f"{split} {name}")
     ax_acc.set_xlabel("epoch"), ax_acc.set_ylabel("%"), ax_acc.legend(), ax_acc.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
@@ -329,9 +331,17 @@ def final_summary(workdir: Path, run, num_params: int, select_on: str, clock=Non
         best = run.best
         if best:
             metrics = best["metrics"].get(select_on, {})
-            print(f"best epoch {best['epoch']} by {best['split']} {best['metric']}: UAR "
-                  f"{metrics.get('UAR', float('nan')):.2f} WAR {metrics.get('WAR', float('nan')):.2f} "
+            print(f"best epoch {best['epoch']} by {best['split']} {best['metric']}: {_headline(metrics)} "
                   f"(selected on the {select_on} split) -> {workdir / BEST}")
         if clock is not None:
             print(clock.line())
     return summary
+
+
+def _shown(metrics: dict[str, float]) -> list[str]:
+    """The two metrics a line shows: the family's first two (PTH-Net: UAR, WAR)."""
+    return list(metrics)[:2]
+
+
+def _headline(metrics: dict[str, float]) -> str:
+    return " ".join(f"{name} {metrics[name]:.2f}" for name in _shown(metrics))

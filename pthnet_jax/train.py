@@ -20,26 +20,32 @@ import ml_collections
 import numpy as np
 
 from pthnet_jax import parallel, reporting, steps, timing
-from pthnet_jax.checkpoint import CHECKPOINTS, CheckpointError, RunState, TrainCheckpoints
+from pthnet_jax.checkpoint import CheckpointError
 from pthnet_jax.config_check import ConfigError, validate_config  # noqa: F401 - ConfigError re-exported
-from pthnet_jax.data import batch_plan, choose_mode, epoch_order, open_split
 from pthnet_jax.epochs import EpochSpec, StopOnSignal, TrainingError, make_runner, run_epoch
 from pthnet_jax.evaluation import Predictor
-from pthnet_jax.metrics import classification_metrics
-from pthnet_jax.models.pthnet import ModelConfig, PTHNet, count_params, init_variables
 from pthnet_jax.fsutil import remove_stale_temp_files
+from pthnet_jax.metrics import classification_metrics
 from pthnet_jax.optim import make_optimizer
-from pthnet_jax.workdir import (WorkdirError, WorkdirLock, check_workdir_path, dataset_fingerprint,
-                                identity_differences, run_identity)
+from pthnet_jax.plan import batch_plan, epoch_order
+from pthnet_jax.run_checkpoints import CHECKPOINTS, RunState, TrainCheckpoints
+from pthnet_jax.task import UnknownFamily, family_of, get_task, state_sync
+from pthnet_jax.workdir import (WorkdirError, check_workdir_path, dataset_fingerprint, identity_differences,
+                                run_identity, workdir_lock)
 
 
-def model_config_from(config: ml_collections.ConfigDict, dataset_classes: int | None = None) -> ModelConfig:
-    """The model config; `model.num_classes = 0` (the default) takes the dataset's class count."""
-    fields = config.model.to_dict()
-    if not fields.get("num_classes") and dataset_classes:
-        fields["num_classes"] = dataset_classes
+def task_of(config: ml_collections.ConfigDict):
+    """The model family `config.family` names (PTH-Net for configs that name none)."""
     try:
-        return ModelConfig.from_dict(fields)
+        return get_task(family_of(config))
+    except UnknownFamily as err:
+        raise TrainingError(f"config.family: {err}") from err
+
+
+def model_config_from(config: ml_collections.ConfigDict, dataset_classes: int | None = None) -> Any:
+    """The family's model config; `model.num_classes = 0` (the default) takes the dataset's class count."""
+    try:
+        return task_of(config).model_config(config.model.to_dict(), dataset_classes)
     except (TypeError, ValueError) as err:
         raise TrainingError(f"config.model: {err}") from err
 
@@ -88,13 +94,13 @@ class _Data:
     eval_sets: dict  # name -> (split, clip ids or None)
 
 
-def _open_data(config: ml_collections.ConfigDict) -> _Data:
+def _open_data(config: ml_collections.ConfigDict, task) -> _Data:
     dcfg, tcfg = config.data, config.train
     if not dcfg.data_dir:
         raise TrainingError("no data: pass --data DATA_DIR (a directory written by `pthnet import-features`)")
     try:
-        train_split = open_split(dcfg.data_dir, dcfg.train_split)
-        test_split = open_split(dcfg.data_dir, dcfg.test_split)
+        train_split = task.open(dcfg.data_dir, dcfg.train_split)
+        test_split = task.open(dcfg.data_dir, dcfg.test_split)
     except (FileNotFoundError, KeyError, ValueError) as err:  # ValueError: DatasetError (damaged)
         raise TrainingError(f"data directory {dcfg.data_dir}: {err.args[0] if err.args else err}") from err
     train_ids = np.arange(train_split.num_clips)
@@ -107,18 +113,14 @@ def _open_data(config: ml_collections.ConfigDict) -> _Data:
     return _Data(train_split, train_ids, eval_sets)
 
 
-def _check_model_fits_data(model_cfg: ModelConfig, split) -> None:
-    if split.num_classes != model_cfg.num_classes:
-        raise TrainingError(f"the dataset has {split.num_classes} classes "
-                            f"({split.dataset_info.get('benchmark')}) but config.model.num_classes is "
-                            f"{model_cfg.num_classes}; set --config.model.num_classes={split.num_classes} "
-                            "or 0 (take it from the dataset)")
-    if split.feature_dim != model_cfg.n_in:
-        raise TrainingError(f"the dataset's features have {split.feature_dim} channels but "
-                            f"config.model.n_in is {model_cfg.n_in}")
+def _check_model_fits_data(task, model_cfg: Any, split) -> None:
+    try:
+        task.check_fits(model_cfg, split)
+    except ValueError as err:
+        raise TrainingError(str(err)) from err
 
 
-def _epoch_spec(config: ml_collections.ConfigDict, data: _Data, model_cfg: ModelConfig) -> EpochSpec:
+def _epoch_spec(config: ml_collections.ConfigDict, data: _Data, task, model_cfg: Any) -> EpochSpec:
     tcfg = config.train
     devices, processes = parallel.local_device_count(), jax.process_count()
     if tcfg.global_batch % (devices * processes):
@@ -126,10 +128,14 @@ def _epoch_spec(config: ml_collections.ConfigDict, data: _Data, model_cfg: Model
                             f"{processes} process(es) x {devices} local devices; choose a multiple of "
                             f"{devices * processes} (the recipe's batch stays a global batch)")
     steps_per_epoch = -(-len(data.train_ids) // tcfg.global_batch)
-    return EpochSpec(mode=choose_mode(data.train, config.data.mode), global_batch=int(tcfg.global_batch),
+    try:
+        sync = state_sync(task, config)
+    except ValueError as err:
+        raise TrainingError(str(err)) from err
+    return EpochSpec(mode=task.choose_mode(data.train, config.data.mode), global_batch=int(tcfg.global_batch),
                      steps_per_epoch=steps_per_epoch,
                      steps_per_call=steps_per_dispatch(tcfg.steps_per_dispatch, steps_per_epoch), seed=int(tcfg.seed),
-                     max_len=model_cfg.max_len, noise_std=float(config.data.noise_std),
+                     task=task, options=task.input_options(model_cfg, config.data), sync=sync,
                      profile_steps=int(tcfg.get("profile_steps", 0) or 0))
 
 
@@ -146,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir = Path(workdir).absolute()
     try:
         check_workdir_path(workdir)
-        with _workdir_lock(workdir):
+        with workdir_lock(workdir):
             return _train(config, workdir)
     except CheckpointError as err:
         raise TrainingError(str(err)) from err
@@ -162,30 +168,6 @@ def describe_os_error(err: OSError, workdir: Path) -> str:
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         text += " (no permission to write there: fix it or choose another --workdir)"
     return text
-
-
-@contextlib.contextmanager
-def _workdir_lock(workdir: Path):
-    """Process 0 holds the workdir's lock; every process learns whether it got it."""
-    lock = WorkdirLock(workdir, enabled=jax.process_index() == 0)
-    refusal = None
-    try:
-        lock.acquire()
-    except WorkdirError as err:
-        refusal = err
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
-        if refused and refusal is None:
-            lock.release()
-            raise WorkdirError(f"{workdir} is in use by another run (process 0 could not lock it)")
-    if refusal is not None:
-        raise refusal
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 def _check_resume(checkpoints: TrainCheckpoints, identity: dict[str, Any], allow_change: bool) -> list[str]:
@@ -211,22 +193,22 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     clock = timing.RunClock()
     reporting.enable_compilation_cache()
     tcfg = config.train
+    task = task_of(config)
     with clock.phase("data"):
-        data = _open_data(config)
+        data = _open_data(config, task)
     model_cfg = model_config_from(config, data.train.num_classes)
-    _check_model_fits_data(model_cfg, data.train)
-    spec = _epoch_spec(config, data, model_cfg)
+    _check_model_fits_data(task, model_cfg, data.train)
+    spec = _epoch_spec(config, data, task, model_cfg)
     identity = run_identity(config, dataset_fingerprint({"train": data.train,
                                                          **{n: s for n, (s, _) in data.eval_sets.items()}}))
 
-    model = PTHNet(model_cfg, dtype=compute_dtype(config))
+    model = task.model(model_cfg, dtype=compute_dtype(config))
     optimizer = make_optimizer(lr=config.optim.lr, momentum=config.optim.momentum,
                                weight_decay=config.optim.weight_decay, milestones=config.optim.milestones,
                                gamma=config.optim.gamma, steps_per_epoch=spec.steps_per_epoch)
     # One compiled program: initialising eagerly compiles hundreds of tiny ones (seconds on CPU).
-    init = jax.jit(lambda key: steps.create_train_state(init_variables(model, key)["params"],
-                                                        optimizer.transform))
-    checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity)
+    init = jax.jit(lambda key: steps.state_from_variables(task.init(model, key), optimizer.transform))
+    checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity, family=task.family)
     run = RunState()
     with contextlib.ExitStack() as stack:
         stack.enter_context(contextlib.closing(checkpoints))
@@ -259,15 +241,17 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
                        logger, clock)
 
 
-def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: EpochSpec, model, optimizer,
+def _epochs(config, workdir: Path, data: _Data, model_cfg: Any, spec: EpochSpec, model, optimizer,
             state, run: RunState, checkpoints: TrainCheckpoints, logger, clock: timing.RunClock
             ) -> dict[str, Any]:
     tcfg = config.train
     with clock.phase("data"):  # the resident features are placed on the devices here
         runner = make_runner(spec, data.train, data.train_ids, model, optimizer.transform)
-    predictor = Predictor(model, mode=spec.mode, batch_size=config.eval.batch_size)
-    num_params = count_params(state.params)
-    log(f"PTH-Net {num_params:,} parameters | {data.train.dataset_info.get('benchmark')} "
+    task = spec.task
+    predictor = Predictor(model, mode=spec.mode, batch_size=config.eval.batch_size, task=task,
+                          options=spec.options)
+    num_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
+    log(f"{task.display_name} {num_params:,} parameters | {data.train.dataset_info.get('benchmark')} "
         f"train {len(data.train_ids)} clips, {spec.steps_per_epoch} steps/epoch of {spec.global_batch} | "
         f"{jax.process_count()} process(es) x {parallel.local_device_count()} {jax.devices()[0].platform} "
         f"device(s) | data {spec.mode}{f' ({spec.steps_per_call} steps per call)' if spec.mode == 'resident' else ''}"
@@ -284,7 +268,7 @@ def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: Ep
                                       and run.partial.get("step") == int(state.step)) else None
             progress = reporting.EpochProgress(epoch, tcfg.epochs, spec.steps_per_epoch, first,
                                                spec.global_batch, enabled=jax.process_index() == 0,
-                                               resume=earlier)
+                                               resume=earlier, terms=task.terms)
             trace = reporting.StepTrace(workdir / "profile", spec.profile_steps,
                                         enabled=_trace_this_epoch(spec, epoch, tcfg.epochs, state))
             with trace, clock.phase("steps"):
@@ -306,7 +290,7 @@ def _epochs(config, workdir: Path, data: _Data, model_cfg: ModelConfig, spec: Ep
                 record["profile"] = {**trace.record, "epoch": epoch + 1}
             if (epoch + 1) % tcfg.eval_every == 0 or epoch + 1 == tcfg.epochs:
                 with clock.phase("eval"):
-                    record.update(_evaluate(predictor, replicated, data.eval_sets))
+                    record.update(_evaluate(predictor, replicated, data.eval_sets, task.metrics))
             is_best = _bookkeep(run, record, tcfg)
             save_started = time.perf_counter()
             with clock.phase("checkpoints"):
@@ -330,14 +314,14 @@ def _trace_this_epoch(spec: EpochSpec, epoch: int, epochs: int, state) -> bool:
     return epoch == start_epoch + 1 or (epoch == start_epoch and epoch + 1 == epochs)
 
 
-def _evaluate(predictor: Predictor, replicated, eval_sets: dict) -> dict[str, Any]:
+def _evaluate(predictor: Predictor, replicated, eval_sets: dict, metrics: tuple[str, ...]) -> dict[str, Any]:
     started = time.perf_counter()
-    params = parallel.unreplicate(replicated.params)
+    variables = {"params": parallel.unreplicate(replicated.params), **parallel.unreplicate(replicated.model_state)}
     record: dict[str, Any] = {}
     for name, (split, ids) in eval_sets.items():
-        logits, labels = predictor.predict(params, split, ids)
+        logits, labels = predictor.predict(variables, split, ids)
         result = classification_metrics(logits, labels, split.num_classes)
-        record[name] = {k: result[k] for k in ("UAR", "WAR", "weighted_f1")}
+        record[name] = {k: result[k] for k in metrics}
     record["eval_seconds"] = time.perf_counter() - started
     return record
 

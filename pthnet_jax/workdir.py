@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -24,9 +25,11 @@ from pthnet_jax.epochs import TrainingError
 
 LOCK_FILE = ".lock"
 
+# Config fields added after workdirs were written, with the value an older saved config means.
+ADDED_FIELDS = {"family": "pthnet", "train.model_state_sync": ""}
 # Fields that may change between the runs of one workdir without changing what was trained so far.
 RESUMABLE_CHANGES = ("data.data_dir", "train.epochs", "train.keep_checkpoints", "train.profile_steps",
-                     "eval.batch_size", "train.allow_resume_change")
+                     "eval.batch_size", "train.allow_resume_change", "train.parallel_runs")
 
 
 class WorkdirError(TrainingError):
@@ -88,6 +91,32 @@ class WorkdirLock:
         self.release()
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """Process 0 holds the workdir's lock; every process learns whether it got it."""
+    import jax
+
+    lock = WorkdirLock(workdir, enabled=jax.process_index() == 0)
+    refusal = None
+    try:
+        lock.acquire()
+    except WorkdirError as err:
+        refusal = err
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
+        if refused and refusal is None:
+            lock.release()
+            raise WorkdirError(f"{workdir} is in use by another run (process 0 could not lock it)")
+    if refusal is not None:
+        raise refusal
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def _read_holder(fd: int) -> dict[str, Any]:
     try:
         text = os.pread(fd, 4096, 0).decode(errors="replace")
@@ -113,17 +142,22 @@ def check_workdir_path(workdir: Path) -> None:
 
 def dataset_fingerprint(splits: dict[str, Any]) -> dict[str, Any]:
     """What identifies the data a run trains and selects on: per split its clip count and a hash
-    of its clip ids, labels and window counts, plus the dataset's benchmark, variant and classes."""
+    of its clip ids, labels and (feature datasets) window counts, plus the dataset's benchmark,
+    variant, feature width and classes. Splits of any family: `clip_ids`, `labels`, `class_names`,
+    `dataset_info`, and optionally `feature_dim` and `num_windows`."""
     first = next(iter(splits.values()))
     info = first.dataset_info
-    result: dict[str, Any] = {"benchmark": info.get("benchmark"), "variant": info.get("variant"),
-                              "feature_dim": int(first.feature_dim), "class_names": list(first.class_names)}
+    result: dict[str, Any] = {"benchmark": info.get("benchmark"), "variant": info.get("variant")}
+    if getattr(first, "feature_dim", None) is not None:  # feature datasets (PTH-Net's)
+        result["feature_dim"] = int(first.feature_dim)
+    result["class_names"] = list(first.class_names)
     for name, split in splits.items():
         digest = hashlib.sha256()
         digest.update("\n".join(str(c) for c in split.clip_ids).encode())
         digest.update(np.asarray(split.labels, np.int64).tobytes())
-        for level in sorted(split.num_windows):
-            digest.update(np.asarray(split.num_windows[level], np.int64).tobytes())
+        sizes = getattr(split, "num_windows", None) or {}  # per clip and level (PTH-Net's features)
+        for level in sorted(sizes):
+            digest.update(np.asarray(sizes[level], np.int64).tobytes())
         result[f"split:{name}"] = {"clips": int(split.num_clips), "sha256": digest.hexdigest()[:16]}
     return result
 
@@ -147,6 +181,7 @@ def identity_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str
     """Human-readable differences between the identity saved in a workdir and the new one."""
     differences = []
     old_config, new_config = _flatten(saved.get("config", {})), _flatten(new.get("config", {}))
+    old_config, new_config = {**ADDED_FIELDS, **old_config}, {**ADDED_FIELDS, **new_config}
     for key in sorted(set(old_config) | set(new_config)):
         if key in RESUMABLE_CHANGES:
             continue

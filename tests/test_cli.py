@@ -95,7 +95,7 @@ def test_synth_argument_errors(tmp_path, capsys):
 def test_clip_order_check_names_the_first_difference():
     from types import SimpleNamespace
 
-    from pthnet_jax.evaluation import DataMismatch, check_clip_order, forward_clip_id
+    from pthnet_jax.families.pthnet.fusion import DataMismatch, check_clip_order, forward_clip_id
 
     ids = [f"get_features/DFEW/th14_vit_g_16_4/clip_{i}.npy" for i in range(4)]
     rv_ids = [forward_clip_id(i).replace("th14_vit_g_16_4/", "th14_vit_g_16_4_rv/") for i in ids]

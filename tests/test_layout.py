@@ -97,6 +97,33 @@ def test_functions_and_files_are_short():
     assert not long_functions and not long_files, "\n".join(long_functions + long_files)
 
 
+# The harness that serves every model family, and what belongs to one family (PTH-Net's modules that
+# still live at the top level). The harness reaches a family only through `task.FAMILIES`.
+GENERIC = ("train", "epochs", "steps", "checkpoint", "run_checkpoints", "evaluation", "config_check",
+           "reporting", "workdir", "task", "plan")
+FAMILY_MODULES = ("pthnet_jax.families", "pthnet_jax.models.pthnet", "pthnet_jax.losses", "pthnet_jax.pyramid",
+                  "pthnet_jax.data", "pthnet_jax.inference")
+
+
+def _family_imports(graph: dict[str, set[str]]) -> list[str]:
+    def of_a_family(name):
+        return any(name == f or name.startswith(f + ".") for f in FAMILY_MODULES)
+
+    return [f"{module} imports {target}" for module in (f"pthnet_jax.{g}" for g in GENERIC)
+            for target in sorted(graph.get(module, ())) if of_a_family(target)]
+
+
+def test_the_harness_imports_no_family():
+    modules = _modules()
+    graph = {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+    assert all(f"pthnet_jax.{g}" in graph for g in GENERIC)
+    offenders = _family_imports(graph)
+    assert not offenders, "generic modules must reach a family only through task.FAMILIES:\n" + "\n".join(offenders)
+    # The check can fail: a planted import of PTH-Net's model is found.
+    assert _family_imports({**graph, "pthnet_jax.steps": {"pthnet_jax.models.pthnet"}}) == [
+        "pthnet_jax.steps imports pthnet_jax.models.pthnet"]
+
+
 def test_the_checker_sees_cycles_and_long_functions(tmp_path):
     """The checks above can fail: a planted cycle and a planted long function are found."""
     package = tmp_path / "pkg"

@@ -384,7 +384,7 @@ def _assert_same_state(restored, expected):
 
 
 def test_step_directory_holds_each_array_once_and_restores_exactly(tmp_path):
-    from pthnet_jax.checkpoint import RunState, TrainCheckpoints
+    from pthnet_jax.run_checkpoints import RunState, TrainCheckpoints
 
     model_cfg, state, abstract = _tiny_state(0)
     run = RunState(epoch=1, history=[{"epoch": 1, "step": 7}])
@@ -402,7 +402,8 @@ def test_step_directory_of_the_earlier_format_still_restores(tmp_path):
     """Step directories written before the `optimizer` item held the whole state in `train_state`."""
     import orbax.checkpoint as ocp
 
-    from pthnet_jax.checkpoint import TrainCheckpoints, checkpoint_info
+    from pthnet_jax.checkpoint import checkpoint_info
+    from pthnet_jax.run_checkpoints import TrainCheckpoints
 
     model_cfg, state, abstract = _tiny_state(3)
     provenance = {"epoch": 1, "history": [{"epoch": 1, "step": 7}], "best": {}, "partial": {}}
@@ -420,7 +421,7 @@ def test_step_directory_of_the_earlier_format_still_restores(tmp_path):
 
 
 def test_curves_are_redrawn_at_most_every_interval_and_always_at_the_end(tmp_path, monkeypatch):
-    from pthnet_jax.checkpoint import RunState
+    from pthnet_jax.run_checkpoints import RunState
 
     drawn = []
 

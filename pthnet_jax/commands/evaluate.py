@@ -8,6 +8,8 @@ Checks first that each checkpoint was trained on data like the one it is given (
 label set, face, direction, as recorded by `pthnet import-features` and `pthnet train`), that
 --data is forward and --rv-data backward, and that both list the same clips in the same order.
 Checkpoints without a record (imported .pth files) are fused only with --allow-unrecorded.
+The checkpoint names its model family; fusion (--rv-checkpoint, --mu, --mu-sweep) is for families
+that define it (PTH-Net), and refused for the others.
 
 Writes `predictions.npz`, `confusion_matrix.png`, with a sweep `mu_sweep.json` and `mu_sweep.png`,
 and `metrics.json` last: a `metrics.json` on disk means the whole output is there.

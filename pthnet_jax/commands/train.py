@@ -166,14 +166,15 @@ def parse_args(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path] | int:
     return config, Path(values.workdir)
 
 
-def record_training_data(workdir: Path, data_dir: str) -> None:
-    """WORKDIR/data.json: which dataset (benchmark, fold, direction, lists) the run trains on, so that
-    `pthnet evaluate` can refuse a checkpoint given the wrong data. A missing dataset is left to the
-    trainer to report."""
+def record_training_data(workdir: Path, data_dir: str, family: str | None = None) -> None:
+    """WORKDIR/data.json: which dataset (benchmark, fold, direction, lists, class names) the run of
+    model family `family` trains on, so that `pthnet evaluate` can refuse a checkpoint given the wrong
+    data. A missing dataset or an unknown family is left to the trainer to report."""
     from pthnet_jax.evaluation import write_data_record
+    from pthnet_jax.task import get_task
 
     try:
-        write_data_record(workdir, data_dir)
+        write_data_record(workdir, data_dir, get_task(family))
     except (FileNotFoundError, ValueError):
         pass
 
@@ -187,7 +188,7 @@ def main(argv: list[str]) -> int:
     from pthnet_jax.train import TrainingError, train_and_evaluate
 
     parallel.maybe_initialize_distributed()
-    record_training_data(workdir, config.data.data_dir)
+    record_training_data(workdir, config.data.data_dir, config.get("family"))
     try:
         summary = train_and_evaluate(config, workdir)
     except TrainingError as err:
