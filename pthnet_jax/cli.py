@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("pthnet_jax.video.predict", "class probabilities of video files (backbone + PTH-Net)"),
     "demo-video": ("pthnet_jax.commands.demo_video", "the whole video path on synthetic clips, nothing downloaded"),
     "import-htnet": ("pthnet_jax.commands.import_htnet", "import HTNet's released flow images (a checkout) into TFDS"),
+    "loso": ("pthnet_jax.commands.loso", "leave-one-subject-out (HTNet): a run per subject, pooled UF1/UAR"),
     "bench-extract": ("pthnet_jax.benchmarks.extract", "feature extraction speed against PyTorch (one window f32, batched bf16)"),
 }
 

@@ -110,7 +110,8 @@ def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop
             firsts.append(0)
             continue
         epoch, first = r.epoch, r.step - r.epoch * r.steps_per_epoch
-        order = r.train_ids[epoch_order(len(r.train_ids), seed=r.config.train.seed, epoch=epoch, shuffle=True)]
+        order = r.train_ids[epoch_order(len(r.train_ids), seed=r.config.train.seed, epoch=epoch,
+                                             shuffle=bool(r.config.train.get("shuffle", True)))]
         plans.append(batch_plan(order, global_batch=tcfg.global_batch, process_index=jax.process_index(),
                                 process_count=jax.process_count()))
         firsts.append(first)
@@ -201,6 +202,9 @@ def _end_epoch(r, predictor: Predictor, clock: timing.RunClock) -> None:
                 logits, labels = predictor.predict(variables, split, ids)
                 result = classification_metrics(logits, labels, split.num_classes)
                 record[name] = {k: result[k] for k in r.task.metrics}
+                keep = getattr(r.task, "keep_predictions", None)  # optional: a family keeps them (HTNet LOSO)
+                if keep is not None and jax.process_index() == 0:
+                    keep(r.checkpoints.workdir, name, epoch + 1, np.asarray(logits), ids)
             record["eval_seconds"] = time.perf_counter() - started
     is_best = _bookkeep(r.run, record, tcfg)
     save_started = time.perf_counter()

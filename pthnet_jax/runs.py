@@ -29,7 +29,7 @@ from pthnet_jax.checkpoint import CheckpointError
 from pthnet_jax.config_check import validate_config
 from pthnet_jax.epochs import TrainingError
 from pthnet_jax.fsutil import remove_stale_temp_files
-from pthnet_jax.optim import make_optimizer
+from pthnet_jax.optim import make_optimizer, optimizer_options
 from pthnet_jax.run_checkpoints import RunState, TrainCheckpoints
 from pthnet_jax.task import state_sync
 from pthnet_jax.train import (_check_model_fits_data, _check_resume, compute_dtype,
@@ -137,7 +137,7 @@ class _Run:
         optim = self.config.optim
         return make_optimizer(lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                               milestones=optim.milestones, gamma=optim.gamma,
-                              steps_per_epoch=self.steps_per_epoch).schedule
+                              steps_per_epoch=self.steps_per_epoch, **optimizer_options(optim)).schedule
 
 
 def _open_run(config, spec: RunSpec, stack: contextlib.ExitStack, clock: timing.RunClock, splits: dict) -> _Run:
@@ -256,7 +256,7 @@ def _transform(r: _Run):
     optim = r.config.optim
     return make_optimizer(lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                           milestones=optim.milestones, gamma=optim.gamma,
-                          steps_per_epoch=r.steps_per_epoch).transform
+                          steps_per_epoch=r.steps_per_epoch, **optimizer_options(optim)).transform
 
 
 def _start(r: _Run, init, stack: contextlib.ExitStack, clock: timing.RunClock) -> None:
