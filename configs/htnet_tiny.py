@@ -11,5 +11,6 @@ def get_config():
     config.train.epochs = 3
     config.train.global_batch = 8
     config.train.steps_per_dispatch = 4
+    config.train.checkpoint_every = 2  # epochs 2 and 3 (the last)
     config.eval.batch_size = 16
     return config

@@ -208,8 +208,11 @@ def _end_epoch(r, predictor: Predictor, clock: timing.RunClock) -> None:
             record["eval_seconds"] = time.perf_counter() - started
     is_best = _bookkeep(r.run, record, tcfg)
     save_started = time.perf_counter()
-    with clock.phase("checkpoints"):
-        r.checkpoints.save(r.state, r.model_config, r.run, best=is_best)
+    # config.train.checkpoint_every N (many runs only): a checkpoint every N epochs and at the last;
+    # config.train.save_best False: no best/ per improvement (HTNet's LOSO selects from kept predictions)
+    if (epoch + 1) % int(tcfg.get("checkpoint_every", 1)) == 0 or epoch + 1 == tcfg.epochs:
+        with clock.phase("checkpoints"):
+            r.checkpoints.save(r.state, r.model_config, r.run, best=is_best and bool(tcfg.get("save_best", True)))
     record["save_seconds"] = time.perf_counter() - save_started
     with clock.phase("logging"):
         if jax.process_index() == 0:

@@ -281,7 +281,7 @@ def _start(r: _Run, init, stack: contextlib.ExitStack, clock: timing.RunClock) -
             raise WorkdirError(f"{workdir} holds a run at step {r.step}, past the {tcfg.epochs} epoch(s) "
                                "of this config; use another workdir")
         with clock.phase("checkpoints"):
-            repaired = r.checkpoints.ensure_best(r.run)
+            repaired = r.checkpoints.ensure_best(r.run) if tcfg.get("save_best", True) else None
         if repaired:
             log(repaired)
         missing = r.logger.sync(r.run.history)

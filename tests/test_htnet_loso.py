@@ -125,6 +125,7 @@ def test_loso_trains_every_subject_and_pools_the_selected_predictions(dataset, t
         epochs, table = read_predictions(run / "predictions.npz")
         test = np.flatnonzero(split.groups == subject)
         np.testing.assert_array_equal(epochs, [1, 2, 3])
+        assert not (run / "best").exists() and (run / "checkpoints").is_dir()  # save_best False
         for record, predictions in zip(history, table):  # the kept predictions are the evaluated ones
             np.testing.assert_allclose(100 * np.mean(predictions == split.labels[test]), record["test"]["WAR"])
         pooled["last"][test], pooled["2"][test] = table[2], table[1]
