@@ -138,3 +138,9 @@ def test_loso_trains_every_subject_and_pools_the_selected_predictions(dataset, t
         expected = recall_score(split.labels, pooled[name], average="macro", labels=[0, 1, 2], zero_division=0)
         assert result[name]["all"]["UAR"] == pytest.approx(expected)
         assert set(result[name]) >= {"casme2", "smic", "samm"}
+    # `pthnet convert`: a run's last checkpoint -> the original's .pth -> a checkpoint -> the same bytes
+    step = sorted((workdir / "subject_s00" / "checkpoints").iterdir(), key=lambda p: int(p.name))[-1]
+    assert main(["convert", str(step), str(tmp_path / "a.pth")]) == 0
+    assert main(["convert", str(tmp_path / "a.pth"), str(tmp_path / "imported")]) == 0
+    assert main(["convert", str(tmp_path / "imported"), str(tmp_path / "b.pth")]) == 0
+    assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()
