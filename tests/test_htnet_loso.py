@@ -95,6 +95,21 @@ def test_composite_config_is_the_released_recipe():
     assert count_params(shapes["params"]) > 10_000_000  # the released model (eval_shape only)
 
 
+def test_loso_refuses_another_family_and_a_missing_run(dataset, tmp_path):
+    from pthnet_jax.configs import default, htnet_tiny
+    from pthnet_jax.families.htnet.loso import pool, subject_runs
+
+    with pytest.raises(ValueError, match="family is 'pthnet'"):
+        subject_runs(default.get_config(), str(dataset), tmp_path)
+    split, specs = subject_runs(htnet_tiny.get_config(), str(dataset), tmp_path)
+    assert [s.name for s in specs] == ["subject_s00", "subject_s01", "subject_s02"]
+    for spec in specs:  # every sample is held out exactly once, by its own subject's run
+        assert set(split.groups[spec.test_clips]) == {spec.name.removeprefix("subject_")}
+    assert sorted(np.concatenate([s.test_clips for s in specs]).tolist()) == list(range(split.num_clips))
+    with pytest.raises(FileNotFoundError, match="recorded no predictions"):
+        pool(split, specs)
+
+
 def test_kept_predictions_replace_repeated_epochs(tmp_path):
     from pthnet_jax.families.htnet.task import keep_predictions, read_predictions
 

@@ -22,7 +22,11 @@ def subject_runs(config, data_dir: str, workdir: str | Path) -> tuple[Any, list]
     """(the opened split, one RunSpec per subject in first-seen list order)."""
     from pthnet_jax.families.htnet.task import open_split
     from pthnet_jax.protocols import leave_one_group_out
+    from pthnet_jax.task import family_of
 
+    if family_of(config) != "htnet":
+        raise ValueError(f"leave-one-subject-out is HTNet's protocol: the config's family is {family_of(config)!r} "
+                         "(use --config htnet_composite or htnet_tiny)")
     split = open_split(data_dir, config.data.train_split)
     specs = leave_one_group_out(data_dir, split.groups, workdir, seed=int(config.train.seed),
                                 split=config.data.train_split)
