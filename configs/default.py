@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
         select_metric="WAR",  # the original keeps the best WAR
         val_fraction=0.1, val_seed=0,  # held-out part of train when select_on == "val"
         keep_checkpoints=2, eval_every=1,
+        parallel_runs=1,  # `pthnet folds`: runs of the protocol trained at a time in one program (vmap)
         # How the devices' mutable collections (BatchNorm statistics) are combined after a step:
         # "pmean" (mean over devices), "first" (device 0's, as PyTorch's DataParallel), "" (the family's).
         model_state_sync="",

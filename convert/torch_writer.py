@@ -37,7 +37,8 @@ _STORAGE_NAMES = {
 class _Pickler:
     """Emits protocol 2 opcodes for the few types a checkpoint holds; tensors become storage refs."""
 
-    def __init__(self):
+    def __init__(self, location: str = "cpu"):
+        self.location = location
         self.out: list[bytes] = [b"\x80\x02"]
         self.storages: list[np.ndarray] = []
         self._storage_of: dict[int, int] = {}
@@ -92,7 +93,7 @@ class _Pickler:
         self._str("storage")
         self._global("torch", _STORAGE_NAMES[dtype])
         self._str(str(key))
-        self._str("cpu")
+        self._str(self.location)
         self._int(int(array.size))
         self.out.append(b"tQ")  # TUPLE, BINPERSID
         self._int(0)
@@ -159,9 +160,11 @@ def _write_member(archive: zipfile.ZipFile, name: str, data: Any) -> None:
             member.write(view[start:start + step])
 
 
-def write_torch_bytes(handle: Any, obj: Any) -> None:
-    """Write `obj` (dicts, lists, tuples, numbers, strings, numpy arrays as tensors) to a binary file."""
-    pickler = _Pickler()
+def write_torch_bytes(handle: Any, obj: Any, location: str = "cpu") -> None:
+    """Write `obj` (dicts, lists, tuples, numbers, strings, numpy arrays as tensors) to a binary file.
+
+    `location` tags every storage (`'cuda:0'` as a GPU run's `torch.save` does)."""
+    pickler = _Pickler(location)
     pickler.save(obj)
     with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         _write_member(archive, "data.pkl", pickler.data())
@@ -173,7 +176,7 @@ def write_torch_bytes(handle: Any, obj: Any) -> None:
         _write_member(archive, "version", b"3\n")
 
 
-def write_torch_file(path: str | os.PathLike, obj: Any) -> None:
+def write_torch_file(path: str | os.PathLike, obj: Any, location: str = "cpu") -> None:
     """`torch.save(obj, path)` without torch, written atomically (a temporary name, then a rename)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        write_torch_bytes(handle, obj)
+        write_torch_bytes(handle, obj, location)

@@ -25,6 +25,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "import-clips": ("pthnet_jax.commands.import_clips", "import LSTPNet clip lists (frame folders or videos) into TFDS"),
     "synth-clips": ("pthnet_jax.commands.synth_clips", "write synthetic LSTPNet clips (JPEG frame folders + lists)"),
     "demo-lstpnet": ("pthnet_jax.commands.demo_lstpnet", "LSTPNet end to end on synthetic clips (CPU, nothing downloaded)"),
+    "import-htnet": ("pthnet_jax.commands.import_htnet", "import HTNet's released flow images (a checkout) into TFDS"),
+    "loso": ("pthnet_jax.commands.loso", "leave-one-subject-out (HTNet): a run per subject, pooled UF1/UAR"),
     "bench-extract": ("pthnet_jax.benchmarks.extract", "feature extraction speed against PyTorch (one window f32, batched bf16)"),
 }
 

@@ -85,8 +85,13 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.val_seed": _int_at_least(0),
     "train.keep_checkpoints": _int_at_least(1),
     "train.eval_every": _int_at_least(1),
+    "train.parallel_runs": _int_at_least(1),
     "train.profile_steps": _int_at_least(0),
     "train.allow_resume_change": _BOOL,
+    "train.shuffle": _BOOL,
+    "train.checkpoint_every": _int_at_least(1),  # many runs (runs.train_runs) only
+    "train.save_best": _BOOL,  # many runs only: False = no best/ checkpoint per improvement  # False: every epoch in list order (HTNet's compat order)
+    "optim.name": _choice(("sgd", "adam")),
     "eval.batch_size": ((lambda v: _is_int(v) and v >= 0), "an integer >= 0 (0 = auto)"),
 }
 

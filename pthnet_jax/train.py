@@ -26,7 +26,7 @@ from pthnet_jax.epochs import EpochSpec, StopOnSignal, TrainingError, make_runne
 from pthnet_jax.evaluation import Predictor
 from pthnet_jax.fsutil import remove_stale_temp_files
 from pthnet_jax.metrics import classification_metrics
-from pthnet_jax.optim import make_optimizer
+from pthnet_jax.optim import make_optimizer, optimizer_options
 from pthnet_jax.plan import batch_plan, epoch_order
 from pthnet_jax.run_checkpoints import CHECKPOINTS, RunState, TrainCheckpoints
 from pthnet_jax.task import UnknownFamily, family_of, get_task, state_sync
@@ -205,7 +205,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     model = task.model(model_cfg, dtype=compute_dtype(config))
     optimizer = make_optimizer(lr=config.optim.lr, momentum=config.optim.momentum,
                                weight_decay=config.optim.weight_decay, milestones=config.optim.milestones,
-                               gamma=config.optim.gamma, steps_per_epoch=spec.steps_per_epoch)
+                               gamma=config.optim.gamma, steps_per_epoch=spec.steps_per_epoch,
+                               **optimizer_options(config.optim))
     # One compiled program: initialising eagerly compiles hundreds of tiny ones (seconds on CPU).
     init = jax.jit(lambda key: steps.state_from_variables(task.init(model, key), optimizer.transform))
     checkpoints = TrainCheckpoints(workdir, tcfg.keep_checkpoints, identity, family=task.family)
@@ -260,7 +261,8 @@ def _epochs(config, workdir: Path, data: _Data, model_cfg: Any, spec: EpochSpec,
     replicated = parallel.replicate(state)
     with StopOnSignal() as stop:
         for epoch in range(int(state.step) // spec.steps_per_epoch, tcfg.epochs):
-            order = data.train_ids[epoch_order(len(data.train_ids), seed=spec.seed, epoch=epoch, shuffle=True)]
+            order = data.train_ids[epoch_order(len(data.train_ids), seed=spec.seed, epoch=epoch,
+                                                   shuffle=bool(config.train.get("shuffle", True)))]
             plan = batch_plan(order, global_batch=spec.global_batch, process_index=jax.process_index(),
                               process_count=jax.process_count())
             first = int(state.step) - epoch * spec.steps_per_epoch  # > 0 when resuming mid-epoch

@@ -18,6 +18,11 @@ are the test-split UAR/WAR of the checkpoint selected per `config.train.select_o
 test WAR; or a held-out validation split); WORKDIR/folds.json holds every fold and the mean / std
 (population, ddof=0) of the forward, backward and fused numbers. Exit status: 0 done, 2 bad
 arguments or data, 75 interrupted (re-run to resume).
+
+`--parallel K` (or `config.train.parallel_runs`) trains K of the protocol's runs at a time in one
+program, the step `vmap`ped over a run axis (`pthnet_jax.runs`): each run ends as it would alone and
+writes the same workdir. `--seeds N` trains every fold and direction with N seeds (`train.seed`,
++1, ...; workdirs `fold_K[_rv]_seedS`) and reports the mean +- std over folds and seeds.
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ from pthnet_jax.fsutil import atomic_write_json
 
 METRICS = ("UAR", "WAR", "weighted_f1")  # PTH-Net's; a run reports its family's (`task.metrics`)
 USAGE = ("usage: pthnet folds --config NAME|FILE --data 'DIR_{{fold}}' --workdir DIR [--rv-data 'RV_DIR_{{fold}}' "
-         "[--mu 0.7]] [--folds 1-5] [--import-root ROOT [--import-args '...']] [--config.a.b=v ...]\n"
+         "[--mu 0.7]] [--folds 1-5] [--parallel K] [--seeds N] [--import-root ROOT [--import-args '...']] "
+         "[--config.a.b=v ...]\n"
          "  NAME: one of {names}")
 
 
@@ -117,12 +123,31 @@ def train_fold(config, data_dir: Path, workdir: Path) -> dict[str, Any] | None:
     return None if summary.get("interrupted") else fold_result(summary, tuple(task_of(config).metrics))
 
 
+def protocol_runs(data: dict[int, Path], rv_data: dict[int, Path], workdir: Path, seeds: list[int]
+                  ) -> list[tuple[str, int, int, Any]]:
+    """(direction, fold, seed, RunSpec) of every run: per fold forward (and backward), per seed.
+
+    One seed keeps today's workdirs (WORKDIR/fold_K, fold_K_rv); several add `_seedS`."""
+    from pthnet_jax.runs import RunSpec
+
+    runs = []
+    for fold in data:
+        for direction, directory, suffix in (("forward", data[fold], ""), ("backward", rv_data.get(fold), "_rv")):
+            if directory is None:
+                continue
+            for seed in seeds:
+                name = f"fold_{fold}{suffix}" + (f"_seed{seed}" if len(seeds) > 1 else "")
+                runs.append((direction, fold, seed, RunSpec(name, workdir / name, str(directory), seed=seed)))
+    return runs
+
+
 def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pattern: str | None = None,
-              mu: float = 0.7, import_root: Path | None = None, import_args: list[str] | None = None
-              ) -> dict[str, Any] | None:
-    """Check (and import) every fold, train each (resuming), fuse; write WORKDIR/folds.json and
-    return its content, or None when interrupted."""
+              mu: float = 0.7, import_root: Path | None = None, import_args: list[str] | None = None,
+              parallel_runs: int | None = None, num_seeds: int = 1) -> dict[str, Any] | None:
+    """Check (and import) every fold, train each (resuming; `parallel_runs` at a time in one program),
+    fuse; write WORKDIR/folds.json and return its content, or None when interrupted."""
     from pthnet_jax.evaluation import evaluate
+    from pthnet_jax.runs import train_runs
     from pthnet_jax.train import task_of
 
     task = task_of(config)
@@ -132,36 +157,68 @@ def run_folds(config, data_pattern: str, workdir: Path, folds: list[int], rv_pat
     workdir = Path(workdir).absolute()
     data, rv_data = fold_dirs(data_pattern, folds), fold_dirs(rv_pattern, folds)
     prepare_folds(config.benchmark, folds, data, rv_data, import_root, import_args or [], task)
-    rows: dict[str, dict[int, dict[str, Any]]] = {"forward": {}, "backward": {}, "fused": {}}
+    parallel_runs = int(parallel_runs or config.train.get("parallel_runs", 1))
+    seeds = [int(config.train.seed) + i for i in range(num_seeds)]
+    runs = protocol_runs(data, rv_data, workdir, seeds)
+    rows: dict[str, dict[Any, dict[str, Any]]] = {"forward": {}, "backward": {}, "fused": {}}
+    if parallel_runs > 1:
+        print(f"\n=== {config.benchmark}: {len(runs)} runs, {parallel_runs} at a time in one program", flush=True)
+        summaries = train_runs(config, [spec for *_, spec in runs], parallel_runs)
+        if summaries is None:
+            return None
+        for (direction, fold, seed, _), summary in zip(runs, summaries):
+            rows[direction][(fold, seed)] = fold_result(summary, metrics)
     for fold in folds:
-        runs = [("forward", data[fold], workdir / f"fold_{fold}")]
-        if rv_data:
-            runs.append(("backward", rv_data[fold], workdir / f"fold_{fold}_rv"))
-        for direction, data_dir, run_dir in runs:
-            print(f"\n=== {config.benchmark} fold {fold} ({direction}) of {folds}: {data_dir} -> {run_dir}", flush=True)
-            result = train_fold(config, data_dir, run_dir)
+        for direction, _, seed, spec in (run for run in runs if run[1] == fold and parallel_runs == 1):
+            print(f"\n=== {config.benchmark} fold {fold} ({direction}) of {folds}: {spec.data_dir} -> {spec.workdir}",
+                  flush=True)
+            result = train_fold(config if len(seeds) == 1 else _with_seed(config, seed), Path(spec.data_dir),
+                                spec.workdir)
             if result is None:
                 return None
-            rows[direction][fold] = result
-        if rv_data:
-            fused, _ = evaluate(workdir / f"fold_{fold}" / "best", data[fold], "test",
-                                workdir / f"fold_{fold}_rv" / "best", rv_data[fold], mu)
-            rows["fused"][fold] = {m: float(fused[m]) for m in metrics}
-        print(f"fold {fold}: " + "  ".join(f"{d} " + " ".join(f"{m} {r[fold][m]:.2f}" for m in shown)
-                                           for d, r in rows.items() if fold in r), flush=True)
+            rows[direction][(fold, seed)] = result
+        for seed in seeds if rv_data else []:
+            suffix = f"_seed{seed}" if len(seeds) > 1 else ""
+            fused, _ = evaluate(workdir / f"fold_{fold}{suffix}" / "best", data[fold], "test",
+                                workdir / f"fold_{fold}_rv{suffix}" / "best", rv_data[fold], mu)
+            rows["fused"][(fold, seed)] = {m: float(fused[m]) for m in metrics}
+        print(f"fold {fold}: " + "  ".join(
+            f"{d} " + " ".join(f"{m} {np.mean([v[m] for (k, _), v in r.items() if k == fold]):.2f}" for m in shown)
+            for d, r in rows.items() if any(k == fold for k, _ in r)), flush=True)
     result = {"benchmark": config.benchmark, "model_selection": config.train.select_on,
-              "folds": {str(k): v for k, v in rows["forward"].items()}, **summarize(rows["forward"], metrics)}
+              **_block(rows["forward"], seeds, metrics)}
     if rv_data:
-        result["backward"] = {"folds": {str(k): v for k, v in rows["backward"].items()}, **summarize(rows["backward"], metrics)}
-        result["fused"] = {"mu": mu, "folds": {str(k): v for k, v in rows["fused"].items()}, **summarize(rows["fused"], metrics)}
+        result["backward"] = _block(rows["backward"], seeds, metrics)
+        result["fused"] = {"mu": mu, **_block(rows["fused"], seeds, metrics)}
     atomic_write_json(workdir / "folds.json", result)
     lines = [("forward", result)] + ([("backward", result["backward"]), (f"fused (mu={mu})", result["fused"])]
                                      if rv_data else [])
-    print(f"\n{config.benchmark}, {len(folds)} folds (checkpoints selected on {config.train.select_on}):")
+    over = f"{len(folds)} folds" + (f" x {len(seeds)} seeds" if len(seeds) > 1 else "")
+    print(f"\n{config.benchmark}, {over} (checkpoints selected on {config.train.select_on}):")
     for name, block in lines:
         print(f"  {name:<16}" + "  ".join(f"{m} {block['mean'][m]:.2f} ± {block['std'][m]:.2f}" for m in shown))
     print(f"-> {workdir / 'folds.json'}")
     return result
+
+
+def _with_seed(config, seed: int):
+    import ml_collections
+
+    result = ml_collections.ConfigDict(config.to_dict())
+    result.train.seed = seed
+    return result
+
+
+def _block(rows: dict[tuple[int, int], dict[str, Any]], seeds: list[int], metrics: tuple[str, ...]) -> dict[str, Any]:
+    """One direction's results: per fold (one seed: as before), or per run and per fold's mean over
+    seeds (several seeds); mean and population std over every fold and seed."""
+    if len(seeds) == 1:
+        return {"folds": {str(fold): v for (fold, _), v in rows.items()}, **summarize(rows, metrics)}
+    folds = sorted({fold for fold, _ in rows})
+    per_fold = {str(f): {m: float(np.mean([v[m] for (k, _), v in rows.items() if k == f])) for m in metrics}
+                for f in folds}
+    return {"seeds": seeds, "runs": {f"{fold}/seed{seed}": v for (fold, seed), v in rows.items()},
+            "folds": per_fold, **summarize(rows, metrics), "num_runs": len(rows)}
 
 
 def define_flags(argv: list[str]):
@@ -176,6 +233,10 @@ def define_flags(argv: list[str]):
     flags.DEFINE_string("import-root", None, "import missing folds from this feature root", flag_values=values)
     flags.DEFINE_string("import-args", "", "extra `pthnet import-features` options, e.g. '--face'",
                         flag_values=values)
+    flags.DEFINE_integer("parallel", None, "train this many of the protocol's runs at a time in one program "
+                         "(jax.vmap over runs; default config.train.parallel_runs)", flag_values=values)
+    flags.DEFINE_integer("seeds", 1, "seeds per fold and direction (config.train.seed, +1, ...): the summary is "
+                         "the mean +- std over folds and seeds", flag_values=values)
     return values, argv
 
 
@@ -204,8 +265,12 @@ def main(argv: list[str]) -> int:
                              "(and `pthnet evaluate` to fuse forward and backward)")
         folds = parse_folds(values.folds, bench.num_folds)
         root = values["import-root"].value
+        for name in ("parallel", "seeds"):
+            if values[name].value is not None and values[name].value < 1:
+                raise FoldsError(f"--{name} must be >= 1, got {values[name].value}")
         result = run_folds(config, values.data, Path(values.workdir), folds, values["rv-data"].value, values.mu,
-                           Path(root) if root else None, shlex.split(values["import-args"].value))
+                           Path(root) if root else None, shlex.split(values["import-args"].value),
+                           values.parallel, values.seeds)
     except (TrainingError, ValueError, RuntimeError, OSError) as err:
         print(f"pthnet folds: {err}\n{usage.splitlines()[0]}", file=sys.stderr)
         return USAGE_EXIT
