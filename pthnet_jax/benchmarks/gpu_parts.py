@@ -54,26 +54,35 @@ class Part:
 TINY_TRAINING_S = 300.0
 
 PARTS: dict[str, Part] = {
-    "environment": Part("pthnet_jax.benchmarks.gpu_ceiling:environment", 20,
+    "environment": Part("pthnet_jax.benchmarks.gpu_ceiling:environment", 15,
                         "device, driver, package versions"),
-    "ceiling": Part("pthnet_jax.benchmarks.gpu_ceiling:ceiling", 25,
+    "ceiling": Part("pthnet_jax.benchmarks.gpu_ceiling:ceiling", 20,
                     "measured bf16 / fp32 matmul rate (8192^3) and copy bandwidth: the peaks of every fraction"),
-    "pthnet_float32": Part("pthnet_jax.benchmarks.gpu_pthnet:pthnet_float32", 110,
+    "pthnet_float32": Part("pthnet_jax.benchmarks.gpu_pthnet:pthnet_float32", 85,
                            "PTH-Net at FERv39k size, float32: the 20-epoch recipe (as many epochs as fit), "
                            "evaluation every epoch, checkpoints, profile", tiny_budget_s=TINY_TRAINING_S),
-    "pthnet_bfloat16": Part("pthnet_jax.benchmarks.gpu_pthnet:pthnet_bfloat16", 60,
+    "pthnet_bfloat16": Part("pthnet_jax.benchmarks.gpu_pthnet:pthnet_bfloat16", 45,
                             "the same in bfloat16", tiny_budget_s=TINY_TRAINING_S),
-    "pthnet_variants": Part("pthnet_jax.benchmarks.gpu_pthnet:pthnet_variants", 55,
+    "pthnet_variants": Part("pthnet_jax.benchmarks.gpu_pthnet:pthnet_variants", 40,
                             "steps per device call: 1, 32, a whole epoch (float32, bfloat16); 2 epochs each",
                             tiny_budget_s=TINY_TRAINING_S),
-    "torch_pthnet": Part("pthnet_jax.benchmarks.gpu_torch:pthnet_baseline", 85,
+    "torch_pthnet": Part("pthnet_jax.benchmarks.gpu_torch:pthnet_baseline", 55,
                          "PyTorch baseline on the same data: resident tensors, then the original's data path"),
-    "videomae_jax": Part("pthnet_jax.benchmarks.gpu_videomae:videomae_jax", 70,
+    "videomae_jax": Part("pthnet_jax.benchmarks.gpu_videomae:videomae_jax", 50,
                          "VideoMAE V2 ViT-g extraction, random weights, bf16 (+ a few windows fp32)"),
-    "videomae_torch": Part("pthnet_jax.benchmarks.gpu_torch:videomae_baseline", 35,
+    "videomae_torch": Part("pthnet_jax.benchmarks.gpu_torch:videomae_baseline", 25,
                            "batched bf16 PyTorch ViT-g on the same windows"),
+    "runs": Part("pthnet_jax.benchmarks.runs:gpu_part", 45,
+                 "K = 1, 4, 16, 64 PTH-Net runs in one program: runs x clips/s, the largest K that fits",
+                 tiny_budget_s=TINY_TRAINING_S),
+    "lstpnet": Part("pthnet_jax.benchmarks.lstpnet:gpu_part", 45,
+                    "LSTPNet at full size (224^2, 16 frames, batch 32): Flax f32/bf16 vs PyTorch f32, clips/s",
+                    tiny_budget_s=TINY_TRAINING_S),
+    "htnet": Part("pthnet_jax.benchmarks.gpu_htnet:htnet_loso", 45,
+                  "HTNet LOSO step at the released size, K = 1, 4, 17, 68 subjects in one program vs PyTorch; "
+                  "the whole protocol's projected time"),
 }
-TOTAL_BUDGET_S = 465.0  # the whole report on one H200 (under 8 minutes)
+TOTAL_BUDGET_S = 470.0  # the whole report on one H200 (under 8 minutes)
 MIN_START_S = 3.0  # a part is not started with less left than this
 
 
