@@ -46,6 +46,18 @@ SKIPPED = {
     "outputs; tests/test_video_newuser.py extracts and imports a dataset of its own classes",
     'pthnet import-features --dataset Shapes --root my-root --out data/shapes': "needs the extract above",
     'pthnet train --config demo --data data/shapes --workdir runs/shapes': "needs the import above",
+    'pthnet convert best_dfew_fold5.pth ckpt/lstpnet_dfew_5': "needs LSTPNet's released weights (not mirrored); "
+    "tests/test_lstpnet_convert.py converts an original-format file both ways through pthnet convert",
+    'pthnet convert ckpt/lstpnet_dfew_5 back.pth': "needs the import above",
+    'pthnet import-htnet --repo HTNet --landmarks landmarks.csv --out data/htnet': "needs a checkout of the HTNet "
+    "repository (its data have no licence to copy); tests/test_htnet_data.py imports a synthetic checkout",
+    'pthnet import-htnet --repo HTNet --compute-landmarks landmarks.csv': "needs the checkout and the optional "
+    "PyTorch face detector",
+    'pthnet import-htnet --synthetic /tmp/htnet-synth': "tests/test_htnet_data.py writes and imports a synthetic checkout",
+    'pthnet loso --config htnet_composite --data data/htnet --workdir runs/htnet --parallel 8 --selection '
+    'last,best_on_test,800 --metrics compat': "the full protocol: hours on a GPU",
+    'pthnet loso --config htnet_tiny --data /tmp/htnet-data --workdir /tmp/htnet-loso --parallel 3': "a minute of "
+    "compilation; tests/test_htnet_loso.py runs the reduced protocol",
 }
 
 
