@@ -7,6 +7,8 @@ and backward logits (`mu * forward + (1 - mu) * backward`) and print the softmax
 `--output FILE.json` writes `{"predictions": [{"video", "probabilities": {class: p}, "label"}, ...]}`.
 Exit status: 0 done, 2 bad arguments, or some clip could not be read (the others are still predicted).
 
+An LSTPNet checkpoint (its family is recorded in it) needs no backbone: pthnet_jax.families.lstpnet.predict.
+
 In Python: `predict_files(videos, backbone_file, checkpoint)` (the same dicts), or
 `predict_videos(paths_or_frames, backbone, model, variables, ...)` (probability arrays).
 """
@@ -194,7 +196,31 @@ def _load_models(args):
     return model, variables, rv, backbone
 
 
+def _checkpoint_family(argv: list[str]) -> str | None:
+    """The family --checkpoint names (a directory's info JSON; a file is loaded only without
+    --backbone, which PTH-Net needs anyway); None when it cannot tell."""
+    from pthnet_jax.checkpoint import read_info
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--checkpoint", type=Path)
+    pre.add_argument("--backbone", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    path = known.checkpoint
+    try:
+        if path is not None and path.is_dir():
+            return read_info(path if (path / "pthnet").exists() or not (path / "best").exists() else path / "best")["family"]
+        if path is not None and path.is_file() and known.backbone is None:
+            from pthnet_jax import load_variables
+            return load_variables(path)[0].family
+    except (ValueError, OSError):
+        return None
+    return None
+
+
 def main(argv: list[str]) -> int:
+    if _checkpoint_family(argv) == "lstpnet":  # LSTPNet reads frames: no backbone, its own pipeline
+        from pthnet_jax.families.lstpnet.predict import main as lstpnet_main
+        return lstpnet_main(argv)
     parser = argparse.ArgumentParser(prog="pthnet predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("videos", nargs="+", type=Path, help="video files, folders of frame images, or directories "
