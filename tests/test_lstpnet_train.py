@@ -60,3 +60,29 @@ def test_tiny_lstpnet_trains_far_above_chance_and_evaluates_the_same(clips, tmp_
     # Deterministic on a CPU: 58.6 measured (chance 14.3); the bound leaves room for other platforms.
     assert result["WAR"] >= 40.0, f"best test WAR {result['WAR']:.1f} (chance 14.3)\n{out[-3000:]}"
     assert f"test UAR {result['UAR']:.2f} WAR {result['WAR']:.2f}" in out  # the training's own numbers
+
+
+@pytest.mark.slow
+def test_folds_trains_lstpnet_fold_by_fold(tmp_path_factory, capsys):
+    """`pthnet folds` with an LSTPNet config: every fold imported with `import-clips --fold K`, one
+    epoch each, folds.json holding both folds and their mean; PTH-Net-only options refused."""
+    import json
+
+    base = tmp_path_factory.mktemp("lstp_folds")
+    for fold in (1, 2):
+        lists = write_synth_clips(base / f"clips_{fold}", clips=8, test_clips=8, width=16, height=12, seed=fold)
+        import_clips(lists["train"], lists["test"], base / f"clips_{fold}", base / f"dfew_{fold}", benchmark="DFEW",
+                     fold=fold, quiet=True)
+    args = ["folds", "--config", "lstpnet_tiny", "--data", str(base / "dfew_{fold}"), "--folds", "1-2",
+            "--workdir", str(base / "runs"), "--config.train.epochs=1"]
+    for extra, message in ((["--import-root", str(base)], "--import-root imports PTH-Net's features"),
+                           (["--rv-data", str(base / "dfew_{fold}")], "LSTPNet defines no forward/backward fusion"),
+                           (["--parallel", "2"], "train them one by one")):
+        assert cli.main(args + extra) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(args) == 0, capsys.readouterr().err[-3000:]
+    result = json.loads((base / "runs" / "folds.json").read_text())
+    assert sorted(result["folds"]) == ["1", "2"] and result["num_folds"] == 2
+    assert result["mean"]["WAR"] == pytest.approx((result["folds"]["1"]["WAR"] + result["folds"]["2"]["WAR"]) / 2)
+    for fold in ("1", "2"):
+        assert (base / "runs" / f"fold_{fold}" / "best").is_dir()

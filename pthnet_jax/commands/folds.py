@@ -95,7 +95,9 @@ def prepare_folds(benchmark: str, folds: list[int], data: dict[int, Path], rv_da
         except (FileNotFoundError, ValueError) as err:
             problems.append(f"fold {fold}: {err}")
             continue
-        expected = {"benchmark": benchmark, "fold": fold, "reverse": reverse}
+        expected = {"benchmark": benchmark, "fold": fold}
+        if reverse or getattr(task, "fusion", True) is not None:  # a family without fusion records no direction
+            expected["reverse"] = reverse
         wrong = [f"{key} {record.get(key)!r} (expected {value!r})" for key, value in expected.items()
                  if str(record.get(key)).lower() != str(value).lower()]
         if wrong:
@@ -265,6 +267,9 @@ def main(argv: list[str]) -> int:
                              "(and `pthnet evaluate` to fuse forward and backward)")
         folds = parse_folds(values.folds, bench.num_folds)
         root = values["import-root"].value
+        if root and config.get("family", "pthnet") != "pthnet":
+            raise FoldsError(f"--import-root imports PTH-Net's features; a {config.family} run reads its own data "
+                             "(import each fold first, e.g. `pthnet import-clips --fold K`)")
         for name in ("parallel", "seeds"):
             if values[name].value is not None and values[name].value < 1:
                 raise FoldsError(f"--{name} must be >= 1, got {values[name].value}")
