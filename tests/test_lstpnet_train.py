@@ -86,3 +86,8 @@ def test_folds_trains_lstpnet_fold_by_fold(tmp_path_factory, capsys):
     assert result["mean"]["WAR"] == pytest.approx((result["folds"]["1"]["WAR"] + result["folds"]["2"]["WAR"]) / 2)
     for fold in ("1", "2"):
         assert (base / "runs" / f"fold_{fold}" / "best").is_dir()
+    out = base / "eval_2"  # `pthnet evaluate` of a fold's best checkpoint gives the fold's numbers
+    assert cli.main(["evaluate", "--checkpoint", str(base / "runs" / "fold_2"), "--data", str(base / "dfew_2"),
+                     "--output", str(out)]) == 0, capsys.readouterr().err[-3000:]
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert [evaluated[m] for m in ("UAR", "WAR")] == pytest.approx([result["folds"]["2"][m] for m in ("UAR", "WAR")])
