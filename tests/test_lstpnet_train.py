@@ -90,4 +90,10 @@ def test_folds_trains_lstpnet_fold_by_fold(tmp_path_factory, capsys):
     assert cli.main(["evaluate", "--checkpoint", str(base / "runs" / "fold_2"), "--data", str(base / "dfew_2"),
                      "--output", str(out)]) == 0, capsys.readouterr().err[-3000:]
     evaluated = json.loads((out / "metrics.json").read_text())
+    predicted = base / "predicted.json"  # `pthnet predict` with a training workdir: the data's class names
+    assert cli.main(["predict", str(base / "clips_2"), "--checkpoint", str(base / "runs" / "fold_2"),
+                     "--output", str(predicted), "--no-progress"]) == 0, capsys.readouterr().err[-3000:]
+    rows = json.loads(predicted.read_text())["predictions"]
+    assert len(rows) == 16 and all(list(r["probabilities"]) == evaluated["class_names"] for r in rows)
+    assert evaluated["class_names"][0] == "Happy"  # DFEW's LSTPNet order
     assert [evaluated[m] for m in ("UAR", "WAR")] == pytest.approx([result["folds"]["2"][m] for m in ("UAR", "WAR")])
