@@ -115,7 +115,7 @@ def test_pthnet_predict_from_videos_matches_the_references(tmp_path, capsys):
                  "--checkpoint", str(tmp_path / "fwd.pth"), "--rv-checkpoint", str(tmp_path / "bwd.pth"),
                  "--mu", "0.7", "--dataset", "FERv39k", "--output", str(output)])
     printed = capsys.readouterr()
-    assert code == 1 and "broken.mp4" in printed.err  # the bad file is named, the others are predicted
+    assert code == 2 and "broken.mp4" in printed.err  # the bad file is named, the others are predicted
     assert "Happy" in printed.out and "clip1.mp4" in printed.out
     predictions = json.loads(output.read_text())["predictions"]
     assert [p["video"] for p in predictions] == [str(v) for v in videos]
