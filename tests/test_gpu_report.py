@@ -120,13 +120,15 @@ def test_memory_splits_feed_open_split():
     np.testing.assert_array_equal(record["features_M"], arrays.windows["M"][arrays.offsets["M"][3]:][
         :arrays.counts["M"][3]])
     assert record["label"] == arrays.labels[3] and split.num_classes == 7
-    import pthnet_jax.train as train
+    import pthnet_jax.data as data  # where PTH-Net's task opens its splits (imported at call time)
+    from pthnet_jax.task import get_task
 
     with memory_data({"train": split}) as data_dir:
-        assert data_dir == MEMORY_DATA_DIR and train.open_split(data_dir, "train") is split
+        assert data_dir == MEMORY_DATA_DIR and data.open_split(data_dir, "train") is split
+        assert get_task("pthnet").open(data_dir, "train") is split  # what the trainer calls
         with pytest.raises(KeyError, match="no split 'test'"):
-            train.open_split(data_dir, "test")
-    assert train.open_split is open_split  # restored
+            data.open_split(data_dir, "test")
+    assert data.open_split is open_split  # restored
 
 
 def test_torch_resident_sampling_matches_the_original_rule():

@@ -425,7 +425,7 @@ def test_curves_are_redrawn_at_most_every_interval_and_always_at_the_end(tmp_pat
 
     drawn = []
 
-    def record_drawing(history, path):
+    def record_drawing(history, path, selected=None):
         drawn.append([r["epoch"] for r in history])
         path.write_bytes(b"png")
 
@@ -448,7 +448,7 @@ def test_curves_are_redrawn_at_most_every_interval_and_always_at_the_end(tmp_pat
     assert len(drawn) == 3  # nothing pending: nothing drawn twice
 
     # Drawing fails (a full disk): the run's end reports it; closing after an interruption does not.
-    def full_disk(history, path):
+    def full_disk(history, path, selected=None):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     for finish in (True, False):
