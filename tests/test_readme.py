@@ -26,7 +26,7 @@ SKIPPED = {
     'pip install .': "installs the package (the suite runs from an installed checkout)",
     'pip install -e ".[test]"': "installs the package",
     'pip install ".[cuda12]"': "installs the GPU build",
-    'python -m pytest -q tests': "this suite itself",
+    'python -m pytest -q -n 2 --dist loadfile tests': "this suite itself",
     'pthnet demo': "minutes at its default size; tests/test_demo.py runs it smaller",
     'pthnet bench --bf16': "a full-size GPU benchmark; tests/test_bench.py runs pthnet bench at a tiny size",
     'python scripts/fetch_gpu_wheels.py': "downloads wheels from PyPI; tests/test_gpu_report.py checks its parsing",
