@@ -36,8 +36,9 @@ def _say(text: str, err: bool = False) -> None:
     print(escape_text(text), file=sys.stderr if err else sys.stdout)
 
 
-def _import_file(src: Path):
-    """SRC as PTH-Net's; else as the family whose `detect` claims its keys (when it can import)."""
+def import_file(src: Path):
+    """SRC as PTH-Net's; else as the family whose `detect` claims its keys (when it can import).
+    Returns an object with `family`, `config` and `variables` (`load_model` reads files through it)."""
     from pthnet_jax.convert.io import import_pth
 
     try:
@@ -85,7 +86,7 @@ def _import_to_directory(src: Path, dst: Path):
     from pthnet_jax.checkpoint import save_checkpoint, split_variables
     from pthnet_jax.fsutil import remove_path, staged_dir
 
-    imported = _import_file(src)
+    imported = import_file(src)
     params, model_state = split_variables(imported.variables)
     with staged_dir(dst) as staging:
         staging.rmdir()  # Orbax creates the directory itself (it refuses an existing one)

@@ -45,11 +45,11 @@ def load_variables(path: str | os.PathLike) -> tuple[Any, Any, dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
     if path.is_file():
-        from pthnet_jax.convert import import_pth
+        from pthnet_jax.convert.cli import import_file
         from pthnet_jax.task import get_task
 
-        imported = import_pth(path)
-        return get_task(getattr(imported, "family", None)), imported.config, imported.variables
+        imported = import_file(path)  # PTH-Net's, or the family whose keys these are (LSTPNet, HTNet)
+        return get_task(getattr(imported, "family", None) or "pthnet"), imported.config, imported.variables
     from pthnet_jax.checkpoint import load_checkpoint, task_and_config
 
     if not (path / "pthnet").exists() and (path / "best").exists():

@@ -178,3 +178,14 @@ def test_pthnet_convert_imports_and_exports_an_original_file(tmp_path, capsys):
     for key, value in original.state_dict().items():
         if not key.endswith("num_batches_tracked"):
             assert torch.equal(fresh.state_dict()[key], value), key
+    # load_model reads the original file and the converted directory alike (the family from the keys,
+    # then from the checkpoint), and both give the original's logits.
+    from pthnet_jax import load_model
+
+    frames = np.random.default_rng(1).random((2, 16, 32, 32, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = original.eval()(channels_first(frames))[0].numpy()
+    for source in (src, tmp_path / "ckpt"):
+        model, variables = load_model(source)
+        logits = np.asarray(model.apply(variables, frames, train=False)["logits"])
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * np.abs(expected).max(), err_msg=str(source))
