@@ -131,3 +131,12 @@ def state_sync(task: Task, config: Any = None) -> str:
         raise ValueError(f"config.train.model_state_sync must be one of {STATE_SYNCS} (or '' for the "
                          f"family's default), got {chosen!r}")
     return chosen
+
+
+def check_num_classes(model_config: Any, split: Any) -> None:
+    """The check every family's `check_fits` starts with: the model's classes are the dataset's."""
+    if split.num_classes != model_config.num_classes:
+        raise ValueError(f"the dataset has {split.num_classes} classes "
+                         f"({split.dataset_info.get('benchmark')}) but config.model.num_classes is "
+                         f"{model_config.num_classes}; set --config.model.num_classes={split.num_classes} "
+                         "or 0 (take it from the dataset)")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from pthnet_jax import task as task_lib
 
 DISPLAY_NAME = "HTNet"
 PREDICTIONS = "predictions.npz"
@@ -131,9 +132,7 @@ class HtnetTask:
         return find_dataset_dir(data_dir)
 
     def check_fits(self, model_config, split) -> None:
-        if split.num_classes != model_config.num_classes:
-            raise ValueError(f"the dataset has {split.num_classes} classes but config.model.num_classes is "
-                             f"{model_config.num_classes}")
+        task_lib.check_num_classes(model_config, split)
         shape = (model_config.image_size, model_config.image_size, model_config.channels)
         if tuple(split.mosaics.shape[1:]) != shape:
             raise ValueError(f"the dataset's mosaics are {split.mosaics.shape[1:]} but the model takes {shape}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from typing import Any, Iterator
+from pthnet_jax import task as task_lib
 
 DISPLAY_NAME = "LSTPNet"
 _SPLIT = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+?)\s*(>=\s*(?P<min>\d+))?$")
@@ -147,11 +148,7 @@ class LstpnetTask:
     def check_fits(self, model_config, split) -> None:
         from pthnet_jax.families.lstpnet.clips import DURATION, NUM_SEGMENTS
 
-        if split.num_classes != model_config.num_classes:
-            raise ValueError(f"the dataset has {split.num_classes} classes "
-                             f"({split.dataset_info.get('benchmark')}) but config.model.num_classes is "
-                             f"{model_config.num_classes}; set --config.model.num_classes={split.num_classes} "
-                             "or 0 (take it from the dataset)")
+        task_lib.check_num_classes(model_config, split)
         if model_config.num_frames != NUM_SEGMENTS * DURATION:
             raise ValueError(f"config.model.num_frames is {model_config.num_frames} but the clip reader "
                              f"gives {NUM_SEGMENTS * DURATION} frames per clip ({NUM_SEGMENTS} segments x {DURATION})")

@@ -12,6 +12,7 @@ import math
 from typing import Any, Iterator
 
 import jax
+from pthnet_jax import task as task_lib
 
 DISPLAY_NAME = "PTH-Net"
 
@@ -110,11 +111,7 @@ class PthnetTask:
         return find_dataset_dir(data_dir)
 
     def check_fits(self, model_config, split) -> None:
-        if split.num_classes != model_config.num_classes:
-            raise ValueError(f"the dataset has {split.num_classes} classes "
-                             f"({split.dataset_info.get('benchmark')}) but config.model.num_classes is "
-                             f"{model_config.num_classes}; set --config.model.num_classes={split.num_classes} "
-                             "or 0 (take it from the dataset)")
+        task_lib.check_num_classes(model_config, split)
         if split.feature_dim != model_config.n_in:
             raise ValueError(f"the dataset's features have {split.feature_dim} channels but "
                              f"config.model.n_in is {model_config.n_in}; set --config.model.n_in={split.feature_dim}")
