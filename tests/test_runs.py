@@ -243,3 +243,12 @@ def test_leave_one_group_out_runs_are_clip_subsets_of_one_dataset(tmp_path):
         assert spec.workdir == tmp_path / f"subject_{name}" and spec.has_subsets
     with pytest.raises(ValueError, match="at least 2 groups"):
         leave_one_group_out("d", ["a", "a"], tmp_path)
+
+
+def test_vmap_width_auto_is_a_loop_on_cpus_and_one_vmap_elsewhere():
+    from pthnet_jax.config_check import config_problems
+
+    assert run_stack.resolve_vmap_width(-1, "cpu") == 1 and run_stack.resolve_vmap_width(-1, "gpu") == 0
+    assert run_stack.resolve_vmap_width(4, "cpu") == 4 and run_stack.resolve_vmap_width(0, "cpu") == 0
+    bad = tiny_config("data", **{"train.runs_vmap_width": -2})
+    assert any("train.runs_vmap_width" in p and ">= -1" in p for p in config_problems(bad))
