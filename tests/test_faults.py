@@ -262,16 +262,14 @@ def test_kill_9_of_import_and_of_a_checkpoint_save_leaves_nothing_behind(tiny_da
 
 
 def _save_worker(destination: str, finish: int) -> None:
-    import jax
-
     from pthnet_jax.checkpoint import save_checkpoint
-    from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
+    from pthnet_jax.models.pthnet import ModelConfig
+    from train_helpers import random_params
 
     if not finish:
         _inject("save")
     config = ModelConfig(n_in=16, n_embd=32, mlp_dim=48, num_classes=7)
-    params = init_variables(PTHNet(config), jax.random.key(0))["params"]
-    save_checkpoint(destination, params, config, {"source": "test"})
+    save_checkpoint(destination, random_params(config), config, {"source": "test"})  # nothing to compile
 
 
 def _can_mount_tmpfs(tmp_path: Path) -> bool:
