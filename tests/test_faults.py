@@ -8,7 +8,6 @@ an import killed after a few clips, `... save DST` a checkpoint save killed befo
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 pytestmark = pytest.mark.slow
 
-# tiny's learning-rate drop after epoch 1 (a resumed run must still apply it): the programs are
-# then those of test_train.py's run with 2 steps per call and the tiny runs' one-step call, which the
-# tests' shared compilation cache (conftest.py) holds once one of them has compiled them.
+# tiny's learning-rate drop after epoch 1 (a resumed run must still apply it): the in-process runs'
+# programs are then those of test_train.py's run with 2 steps per call and of the tiny runs' one-step
+# call, compiled once per session into the tests' shared compilation cache (conftest.py).
 OVERRIDES = {"train.epochs": 3, "train.steps_per_dispatch": 2, "train.keep_checkpoints": 1}
 TIMING = ("train_clips_per_s", "epoch_seconds", "eval_seconds", "save_seconds", "time")
 
@@ -162,17 +161,6 @@ def reference_run(tiny_datasets, tmp_path_factory):
     return workdir
 
 
-def _add_session_cache_entries(cache: Path) -> None:
-    """Copy in the entries the reference run left in the tests' shared cache (conftest.py), keeping
-    every entry already here (the truncated one among them: the next run must still repair it)."""
-    session = Path(os.environ.get("PTHNET_COMPILATION_CACHE", ""))
-    if not session.is_dir() or session == cache:
-        return
-    for entry in session.glob("*-cache"):
-        if not (cache / entry.name).exists():
-            shutil.copyfile(entry, cache / entry.name)
-
-
 def test_kill_9_at_every_phase_then_resume_equals_an_uninterrupted_run(tiny_datasets, reference_run, tmp_path):
     from pthnet_jax.reporting import remove_damaged_cache_entries
 
@@ -181,7 +169,6 @@ def test_kill_9_at_every_phase_then_resume_equals_an_uninterrupted_run(tiny_data
     data = tiny_datasets[0]
     _run(["train", data, workdir, "compile"], env, expect_killed=True)
     assert [p for p in cache.glob("*-cache")], "the kill did not happen while writing the cache"
-    _add_session_cache_entries(cache)  # the later runs need not compile every program cold again
     _run(["train", data, workdir, "save"], env, expect_killed=True)
     assert not (workdir / "checkpoints" / "5").exists()
     assert list((workdir / "checkpoints").glob("5.orbax-checkpoint-tmp*"))
