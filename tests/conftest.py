@@ -25,7 +25,7 @@ def tiny_datasets(tmp_path_factory):
 # otherwise order the files by their number of tests, which put the few long end-to-end tests last).
 # A file not listed runs after these, in the usual order.
 LONGEST_FIRST = (
-    "test_faults.py", "test_gpu_report.py", "test_bench.py", "test_folds.py", "test_readme.py",
+    "test_gpu_report.py", "test_faults.py", "test_bench.py", "test_folds.py", "test_readme.py",
     "test_reliability.py", "test_train.py", "test_video_demo_bench.py", "test_convert.py", "test_preemption.py",
     "test_runs_streaming.py", "test_runs_placement.py", "test_demo.py", "test_model.py", "test_lstpnet_train.py",
     "test_parity.py", "test_cli_run.py", "test_interrupts.py", "test_htnet_loso.py", "test_evaluate.py",
