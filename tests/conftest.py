@@ -1,23 +1,10 @@
 """Test-wide setup, before JAX is first imported: four fake CPU devices, fast XLA compiles, and a
 compilation cache shared by the tests of one session (the tiny model's step compiles once)."""
-import importlib.metadata
 import os
 import tempfile
 
-
-def _compile_flags() -> str:
-    """XLA's older CPU fusion code generator compiles the tiny model's training step with about a
-    quarter less CPU time (2026-12-03, jaxlib 0.10.2); only for the jaxlib it was measured with (a
-    flag XLA no longer knows would stop every test)."""
-    try:
-        known = importlib.metadata.version("jaxlib").startswith("0.10.")
-    except importlib.metadata.PackageNotFoundError:
-        known = False
-    return " --xla_cpu_use_fusion_emitters=false" if known else ""
-
-
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-                           " --xla_backend_optimization_level=0" + _compile_flags()).strip()
+                           " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("PTHNET_COMPILATION_CACHE", tempfile.mkdtemp(prefix="pthnet-test-xla-cache-"))
 
