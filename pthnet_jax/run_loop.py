@@ -17,6 +17,7 @@ from pthnet_jax import parallel, reporting, run_stack, run_stream, timing
 from pthnet_jax.epochs import StopOnSignal, check_finite
 from pthnet_jax.evaluation import Predictor
 from pthnet_jax.metrics import classification_metrics
+from pthnet_jax.optim import optimizer_options
 from pthnet_jax.plan import batch_plan, epoch_order
 from pthnet_jax.train import _bookkeep, log, steps_per_dispatch
 
@@ -60,12 +61,15 @@ def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> boo
     streaming = run_stream.is_streaming(active)  # host batches (run_stream): no store, one step per call
     with clock.phase("data"):
         store, shared = (None, True) if streaming else _store(active)
+    options_ = optimizer_options(optim)  # SGD or Adam (HTNet), as `make_optimizer` builds it alone
     optim_key = (float(optim.lr), float(optim.momentum), float(optim.weight_decay),
-                 tuple(int(m) for m in optim.milestones), float(optim.gamma))
+                 tuple(int(m) for m in optim.milestones), float(optim.gamma), options_["name"],
+                 options_["b1"], options_["b2"], options_["eps"])
     task = active[0].task
     options = task.input_options(active[0].model_config, first.data)
-    chunk_fn = run_stream.runs_step_fn(task, model, optim_key, sync) if streaming else \
-        run_stack.runs_chunk_fn(task, model, optim_key, options, sync, shared)
+    width = run_stack.resolve_vmap_width(int(tcfg.get("runs_vmap_width", -1)))
+    chunk_fn = run_stream.runs_step_fn(task, model, optim_key, sync, width) if streaming else \
+        run_stack.runs_chunk_fn(task, model, optim_key, options, sync, shared, width)
     per_call = 1 if streaming else steps_per_dispatch(tcfg.steps_per_dispatch, max(r.steps_per_epoch for r in active))
     predictor = Predictor(model, mode="streaming" if streaming else "resident", batch_size=first.eval.batch_size,
                           task=task, options=options)

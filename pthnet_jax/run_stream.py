@@ -5,8 +5,8 @@ streaming family's come from the host (`task.stream`: LSTPNet's grain clip reade
 when its features do not fit). Here every run of a round reads its own stream (its split or clip
 subset, seed and epoch, from the step it stopped at), exactly the batches `epochs.StreamingRunner`
 gives it alone; per step the K runs' batches are stacked on a run axis, (devices, K, per_device, ...),
-and the single-run step (`steps.seeded_train_step`) runs `vmap`ped over it inside pmap, one step per
-device call as alone.
+and the single-run step (`steps.seeded_train_step`) is mapped over it inside pmap (`jax.vmap`, or
+`lax.map` one run after another as `config.train.runs_vmap_width` says), one step per call as alone.
 
 A run with fewer steps left in the round gets all-invalid batches in front (where `round_plan` pads
 the resident plans): the step's result is discarded for it (a per-run select), so such a batch changes
@@ -31,26 +31,31 @@ def is_streaming(runs: Sequence[Any]) -> bool:
     return first.task.choose_mode(first.split, first.config.data.mode) == "streaming"
 
 
-def runs_step(state, batch, seeds, steps_per_epoch, *, task, model, optim: tuple, sync: str):
+def runs_step(state, batch, seeds, steps_per_epoch, *, task, model, optim: tuple, sync: str, vmap_width: int = 0):
     """`steps.seeded_train_step` mapped over the run axis (inside pmap); per-step metrics (K, 1).
 
-    `optim`: what `run_stack.traced_optimizer` takes before the steps per epoch (as `runs_chunk`)."""
+    `optim` and `vmap_width` as `run_stack.runs_chunk` takes them (width 1: one run after another,
+    `lax.map`, each run's step compiled as alone; 0: one `vmap` of every run)."""
     def one_run(state, batch, seed, per_epoch):
-        optimizer = run_stack.traced_optimizer(*optim, per_epoch)
+        optimizer = run_stack.traced_optimizer(*optim[:5], per_epoch, *optim[5:])
         new, metrics = steps.seeded_train_step(state, batch, seed, task=task, model=model, optimizer=optimizer,
                                                sync=sync)
-        # A padding step (no valid row on any device): keep the state as it was. The decision is a
-        # global sum, so every device of every process keeps or takes the same state.
+        # A padding step (no valid row on any device) keeps the state as it was: no weight decay,
+        # momentum, step count or statistics. The decision is a global sum, the same on every device.
         real = parallel.global_sum(jnp.any(batch["valid"]).astype(jnp.int32)) > 0
         new = jax.tree.map(lambda a, b: jnp.where(real, a, b), new, state)
         return new, jax.tree.map(lambda x: x[None], metrics)
 
-    return jax.vmap(one_run)(state, batch, seeds, steps_per_epoch)
+    if vmap_width == 0 or vmap_width >= seeds.shape[0]:
+        return jax.vmap(one_run)(state, batch, seeds, steps_per_epoch)
+    return jax.lax.map(lambda args: one_run(*args), (state, batch, seeds, steps_per_epoch),
+                       batch_size=None if vmap_width == 1 else vmap_width)
 
 
-def runs_step_fn(task, model, optim: tuple, sync: str):
+def runs_step_fn(task, model, optim: tuple, sync: str, vmap_width: int = 0):
     """The pmapped multi-run streaming step (cached: one trace per setting)."""
-    return steps.pmapped(runs_step, donate_state=True, task=task, model=model, optim=optim, sync=sync)
+    return steps.pmapped(runs_step, donate_state=True, task=task, model=model, optim=optim, sync=sync,
+                         vmap_width=int(vmap_width))
 
 
 class RoundStreams:
