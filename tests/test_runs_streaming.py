@@ -42,8 +42,8 @@ def _config(data_dir, seed=0):
     # A small step: this tiny model on these clips amplifies float rounding at the recipe's 0.01 (a run
     # alone whose weights move by 1e-7 differs by 0.4 after three steps), and a run's step inside the
     # K-run program rounds differently from its program alone (lax.map: ~4e-6 in the first epoch's
-    # loss, 3e-4 in the second's at 1e-4). At 1e-4 rounding stays small, and a wrong batch or a padding step that moved anything
-    # (momentum: ~1e-4 per step, BatchNorm statistics) still shows.
+    # loss at 0.01; up to 3e-4 in a loss at 1e-4). At 1e-4 rounding stays small, and a wrong batch or
+    # a padding step that moved anything (momentum: ~1e-4 per step, BatchNorm statistics) still shows.
     config.optim.lr = 1e-4
     return config
 
