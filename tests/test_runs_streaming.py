@@ -105,7 +105,7 @@ def test_streaming_runs_in_one_program_equal_the_runs_alone(together, tmp_path):
         differences.append(max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                                for x, y in zip(jax.tree.leaves(variables["params"]),
                                                jax.tree.leaves(alone_variables["params"]))))
-        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5),
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-2, atol=2e-4),
                      variables["batch_stats"], alone_variables["batch_stats"])
         assert summary["best"]["epoch"] == alone["best"]["epoch"]
         mine, theirs = _history(spec.workdir), _history(tmp_path / spec.name)
