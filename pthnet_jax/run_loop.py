@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pthnet_jax import parallel, reporting, run_stack, timing
+from pthnet_jax import parallel, reporting, run_stack, run_stream, timing
 from pthnet_jax.epochs import StopOnSignal, check_finite
 from pthnet_jax.evaluation import Predictor
 from pthnet_jax.metrics import classification_metrics
@@ -58,8 +58,9 @@ def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> boo
     """Rounds until every run is done; True when a stop was agreed (everything saved)."""
     first = active[0].config
     tcfg, optim = first.train, first.optim
+    streaming = run_stream.is_streaming(active)  # host batches (run_stream): no store, one step per call
     with clock.phase("data"):
-        store, shared = _store(active)
+        store, shared = (None, True) if streaming else _store(active)
     options_ = optimizer_options(optim)  # SGD or Adam (HTNet), as `make_optimizer` builds it alone
     optim_key = (float(optim.lr), float(optim.momentum), float(optim.weight_decay),
                  tuple(int(m) for m in optim.milestones), float(optim.gamma), options_["name"],
@@ -67,9 +68,11 @@ def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> boo
     task = active[0].task
     options = task.input_options(active[0].model_config, first.data)
     width = run_stack.resolve_vmap_width(int(tcfg.get("runs_vmap_width", -1)))
-    chunk_fn = run_stack.runs_chunk_fn(task, model, optim_key, options, sync, shared, width)
-    per_call = steps_per_dispatch(tcfg.steps_per_dispatch, max(r.steps_per_epoch for r in active))
-    predictor = Predictor(model, mode="resident", batch_size=first.eval.batch_size, task=task, options=options)
+    chunk_fn = run_stream.runs_step_fn(task, model, optim_key, sync, width) if streaming else \
+        run_stack.runs_chunk_fn(task, model, optim_key, options, sync, shared, width)
+    per_call = 1 if streaming else steps_per_dispatch(tcfg.steps_per_dispatch, max(r.steps_per_epoch for r in active))
+    predictor = Predictor(model, mode="streaming" if streaming else "resident", batch_size=first.eval.batch_size,
+                          task=task, options=options)
     seeds = run_stack.per_device([r.config.train.seed for r in active])
     spes = run_stack.per_device([r.steps_per_epoch for r in active])
     replicated = parallel.replicate(run_stack.stack([r.state for r in active]))
@@ -131,10 +134,14 @@ def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop
     length = indices.shape[1]
     bar = _bar(active, length)
     position, pending = 0, None
+    streams = run_stream.RoundStreams(active, chunk_fn, indices, valid, starts, seeds, spes) if store is None else None
     with clock.phase("steps"):
         while position < length:
-            plan_i, plan_v = run_stack.chunk(indices, valid, position, per_call)
-            replicated, metrics = chunk_fn(replicated, store, plan_i, plan_v, epochs, seeds, spes)
+            if streams is not None:  # a streaming family: the runs' host batches, one step
+                replicated, metrics = streams(replicated, position)
+            else:
+                plan_i, plan_v = run_stack.chunk(indices, valid, position, per_call)
+                replicated, metrics = chunk_fn(replicated, store, plan_i, plan_v, epochs, seeds, spes)
             if pending is not None:
                 _consume(active, *pending, starts, length, bar)
             answer = parallel.any_process_async(stop.requested)

@@ -10,8 +10,9 @@ matrix products differently; tests/test_runs.py measures it).
 
 K = 1 without clip subsets is today's trainer (`train.train_and_evaluate`, no `vmap`); this module
 holds the only `if K > 1` of the package. Runs of one program need the same model, batch and
-recipe (the folds, directions and seeds of a protocol do) and resident data; they may differ in
-dataset size, seed and data. A killed program, run again, resumes every run from its checkpoints.
+recipe (the folds, directions and seeds of a protocol do) and one data mode: resident (sampled on
+the device, `run_stack`) or streaming (host batches, `run_stream`); they may differ in dataset size,
+seed and data. A killed program, run again, resumes every run from its checkpoints.
 """
 from __future__ import annotations
 
@@ -217,10 +218,14 @@ def _check_one_program(runs: list[_Run]) -> None:
             if a != b:
                 raise TrainingError(f"runs {first.spec.name} and {other.spec.name} cannot train in one program: "
                                     f"their {key} differ ({a} vs {b}); train them separately (parallel 1)")
-    for r in runs:
-        if r.task.choose_mode(r.split, r.config.data.mode) != "resident":
-            raise TrainingError(f"run {r.spec.name}: its training data does not fit in memory (streaming mode); "
-                                "runs trained side by side need resident data: train them one by one")
+    # One program reads its data one way (resident stores, or host streams: run_stream) with one
+    # set of input options.
+    for r in runs[1:]:
+        for what, value in (("data mode", lambda r: r.task.choose_mode(r.split, r.config.data.mode)),
+                            ("input options", lambda r: r.task.input_options(r.model_config, r.config.data))):
+            if value(r) != value(first):
+                raise TrainingError(f"runs {first.spec.name} and {r.spec.name} cannot train in one program: their "
+                                    f"{what} differ ({value(first)} vs {value(r)}); train them separately (parallel 1)")
 
 
 def _train_group(config, specs: list[RunSpec]) -> list[dict[str, Any]] | None:

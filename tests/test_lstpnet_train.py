@@ -65,7 +65,8 @@ def test_tiny_lstpnet_trains_far_above_chance_and_evaluates_the_same(clips, tmp_
 @pytest.mark.slow
 def test_folds_trains_lstpnet_fold_by_fold(tmp_path_factory, capsys):
     """`pthnet folds` with an LSTPNet config: every fold imported with `import-clips --fold K`, one
-    epoch each, folds.json holding both folds and their mean; PTH-Net-only options refused."""
+    epoch each (both in one program: --parallel 2), folds.json holding both folds and their mean;
+    PTH-Net-only options refused."""
     import json
 
     base = tmp_path_factory.mktemp("lstp_folds")
@@ -76,11 +77,12 @@ def test_folds_trains_lstpnet_fold_by_fold(tmp_path_factory, capsys):
     args = ["folds", "--config", "lstpnet_tiny", "--data", str(base / "dfew_{fold}"), "--folds", "1-2",
             "--workdir", str(base / "runs"), "--config.train.epochs=1"]
     for extra, message in ((["--import-root", str(base)], "--import-root imports PTH-Net's features"),
-                           (["--rv-data", str(base / "dfew_{fold}")], "LSTPNet defines no forward/backward fusion"),
-                           (["--parallel", "2"], "train them one by one")):
+                           (["--rv-data", str(base / "dfew_{fold}")], "LSTPNet defines no forward/backward fusion")):
         assert cli.main(args + extra) == 2
         assert message in capsys.readouterr().err
-    assert cli.main(args) == 0, capsys.readouterr().err[-3000:]
+    # Both folds in one program (run_stream: their clip streams stacked on the run axis)
+    assert cli.main(args + ["--parallel", "2"]) == 0, capsys.readouterr().err[-3000:]
+    assert "2 runs, 2 at a time in one program" in capsys.readouterr().out
     result = json.loads((base / "runs" / "folds.json").read_text())
     assert sorted(result["folds"]) == ["1", "2"] and result["num_folds"] == 2
     assert result["mean"]["WAR"] == pytest.approx((result["folds"]["1"]["WAR"] + result["folds"]["2"]["WAR"]) / 2)
