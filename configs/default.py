@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
         val_fraction=0.1, val_seed=0,  # held-out part of train when select_on == "val"
         keep_checkpoints=2, eval_every=1,
         parallel_runs=1,  # `pthnet folds`: runs of the protocol trained at a time in one program (vmap)
+        # Where those runs sit on several local devices: "inside" (each run's batch split over the
+        # devices), "spread" (whole runs per device), "auto" (pthnet_jax.run_placement).
+        runs_placement="auto",
         # How the devices' mutable collections (BatchNorm statistics) are combined after a step:
         # "pmean" (mean over devices), "first" (device 0's, as PyTorch's DataParallel), "" (the family's).
         model_state_sync="",

@@ -29,7 +29,8 @@ LOCK_FILE = ".lock"
 ADDED_FIELDS = {"family": "pthnet", "train.model_state_sync": ""}
 # Fields that may change between the runs of one workdir without changing what was trained so far.
 RESUMABLE_CHANGES = ("data.data_dir", "train.epochs", "train.keep_checkpoints", "train.profile_steps",
-                     "eval.batch_size", "train.allow_resume_change", "train.parallel_runs")
+                     "eval.batch_size", "train.allow_resume_change", "train.parallel_runs",
+                     "train.runs_placement")
 
 
 class WorkdirError(TrainingError):
