@@ -205,5 +205,17 @@ def test_spread_layout_pads_runs_and_keeps_each_run_whole():
     assert place.metrics({"loss": jax.numpy.ones((4, 3))})["loss"].shape == (3, 3)
 
 
+def test_folds_placement_flag_sets_the_config(tmp_path, monkeypatch):
+    from pthnet_jax.commands import folds
+
+    seen = []
+    monkeypatch.setattr(folds, "run_folds", lambda config, *args: seen.append(config.train.runs_placement) or {})
+    argv = ["--config", "tiny", "--config.benchmark=DFEW", "--data", str(tmp_path / "d_{fold}"), "--workdir",
+            str(tmp_path / "w"), "--folds", "1", "--parallel", "2"]
+    assert folds.main(argv + ["--placement", "spread"]) == 0 and folds.main(argv) == 0
+    assert seen == ["spread", "auto"]
+    assert folds.main(argv + ["--placement", "wide"]) == folds.USAGE_EXIT
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
