@@ -102,7 +102,7 @@ def trained(tiny_datasets, tmp_path_factory):
                                          stderr=subprocess.STDOUT), base / f"{mode}.log", log))
     for process, path, log in workers:
         try:
-            process.wait(timeout=900)
+            process.wait(timeout=1800)
         finally:
             process.kill()
             log.close()
