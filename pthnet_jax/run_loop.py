@@ -17,6 +17,7 @@ from pthnet_jax import parallel, reporting, run_placement, run_stack, timing
 from pthnet_jax.epochs import StopOnSignal, check_finite
 from pthnet_jax.evaluation import Predictor
 from pthnet_jax.metrics import classification_metrics
+from pthnet_jax.optim import optimizer_options
 from pthnet_jax.plan import batch_plan, epoch_order
 from pthnet_jax.train import _bookkeep, log, steps_per_dispatch
 
@@ -60,8 +61,10 @@ def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> boo
     place = run_placement.choose(tcfg, len(active))  # "inside" or "spread" over the local devices
     with clock.phase("data"):
         store, shared = _store(active, place)
+    options_ = optimizer_options(optim)  # SGD or Adam (HTNet), as `make_optimizer` builds it alone
     optim_key = (float(optim.lr), float(optim.momentum), float(optim.weight_decay),
-                 tuple(int(m) for m in optim.milestones), float(optim.gamma))
+                 tuple(int(m) for m in optim.milestones), float(optim.gamma), options_["name"],
+                 options_["b1"], options_["b2"], options_["eps"])
     task = active[0].task
     options = task.input_options(active[0].model_config, first.data)
     chunk_fn = place.chunk_fn(task, model, optim_key, options, sync, shared)

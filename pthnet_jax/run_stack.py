@@ -99,8 +99,10 @@ def per_device(values: Sequence[int]) -> np.ndarray:
 # ---- the step over the run axis ------------------------------------------------------------------
 
 def traced_optimizer(lr: float, momentum: float, weight_decay: float, milestones: tuple[int, ...],
-                     gamma: float, steps_per_epoch: jax.Array) -> optax.GradientTransformation:
-    """`optim.make_optimizer`'s transform with `steps_per_epoch` traced (one per run).
+                     gamma: float, steps_per_epoch: jax.Array, name: str = "sgd", b1: float = 0.9,
+                     b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """`optim.make_optimizer`'s transform (SGD or Adam, `name`) with `steps_per_epoch` traced (one
+    per run).
 
     The schedule is optax's `piecewise_constant_schedule` term for term (same operations, so the same
     bits), with the boundaries `milestone * steps_per_epoch` computed on the device.
@@ -112,16 +114,20 @@ def traced_optimizer(lr: float, momentum: float, weight_decay: float, milestones
             value = value * indicator + (1 - indicator) * gamma * value
         return value
 
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(schedule, momentum=momentum or None, nesterov=False))
+    if name not in ("sgd", "adam"):
+        raise ValueError(f"config.optim.name must be 'sgd' or 'adam', got {name!r}")
+    update = optax.adam(schedule, b1=b1, b2=b2, eps=eps) if name == "adam" else \
+        optax.sgd(schedule, momentum=momentum or None, nesterov=False)
+    return optax.chain(optax.add_decayed_weights(weight_decay), update)
 
 
 def runs_chunk(state, store, indices, valid, epochs, seeds, steps_per_epoch, *, task, model, optim: tuple,
                options, sync: str, shared_store: bool):
     """`steps.train_chunk` mapped over the run axis (inside pmap). `optim`: (lr, momentum,
-    weight_decay, milestones, gamma). `shared_store`: one store for every run (no run axis)."""
+    weight_decay, milestones, gamma, name, b1, b2, eps): `traced_optimizer`'s arguments but
+    steps_per_epoch. `shared_store`: one store for every run (no run axis)."""
     def one_run(state, store, indices, valid, epoch, seed, per_epoch):
-        optimizer = traced_optimizer(*optim, per_epoch)
+        optimizer = traced_optimizer(*optim[:5], per_epoch, *optim[5:])
         new, metrics = steps.train_chunk(state, store, indices, valid, epoch, seed, task=task, model=model,
                                          optimizer=optimizer, options=options, sync=sync)
         if indices.shape[0] == 1:  # train_chunk skips padded steps only in calls of several steps

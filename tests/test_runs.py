@@ -99,7 +99,10 @@ def test_round_plan_pads_in_front_so_every_run_ends_its_epoch_together():
     assert not valid[2].any()
 
 
-def test_traced_schedule_equals_the_optimizer_of_a_run_alone():
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_traced_schedule_equals_the_optimizer_of_a_run_alone(name):
+    """SGD (PTH-Net, LSTPNet) and Adam (HTNet): the traced optimiser of the run axis updates as the
+    run's own optimiser does alone, bit for bit, across the milestones."""
     import jax
     import jax.numpy as jnp
 
@@ -107,14 +110,16 @@ def test_traced_schedule_equals_the_optimizer_of_a_run_alone():
 
     params = {"w": jnp.linspace(-1.0, 1.0, 7)}
     grads = {"w": jnp.linspace(0.3, -0.2, 7)}
+    extra = dict(name=name, b1=0.8, b2=0.99, eps=1e-7)
     for spe in (3, 5):
         alone = make_optimizer(lr=0.1, momentum=0.9, weight_decay=1e-3, milestones=(1, 2), gamma=0.3,
-                               steps_per_epoch=spe).transform
+                               steps_per_epoch=spe, **extra).transform
         state_a = alone.init(params)
 
         @jax.jit
         def traced_update(state, steps_per_epoch):
-            return run_stack.traced_optimizer(0.1, 0.9, 1e-3, (1, 2), 0.3, steps_per_epoch).update(grads, state, params)
+            return run_stack.traced_optimizer(0.1, 0.9, 1e-3, (1, 2), 0.3, steps_per_epoch,
+                                              **extra).update(grads, state, params)
 
         state_t = state_a
         for _ in range(3 * spe):
