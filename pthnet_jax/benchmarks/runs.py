@@ -238,6 +238,13 @@ def gpu_part(ctx) -> dict[str, Any]:
     return result
 
 
+def _print_latest(rows: list[dict[str, Any]], largest_fitting: int) -> None:
+    """Each K's rows as they come (stderr): a long measurement shows its figures before it ends."""
+    for row in rows:
+        if row["runs"] == largest_fitting:
+            print(json.dumps(row), file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pthnet_jax.benchmarks.runs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -265,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = runs_throughput([int(k) for k in args.runs.split(",")], width=args.width, clips=args.clips,
                                  calls=args.calls, grow=False, per_call=args.steps_per_call,
+                                 record=_print_latest,
                                  placements=("inside", "spread") if args.placement == "both" else (args.placement,))
     print(json.dumps(result, indent=1))
     return 0
