@@ -12,9 +12,9 @@ device: a run ends as it does alone on ONE device (same dropout keys, up to floa
 batches the runs' matrix products). K is padded up to a multiple of D with inert runs (copies of the
 first run's state whose steps are all invalid: skipped, their results dropped). One process only.
 
-"auto": spread when one process has several devices, there are at least as many runs as devices and
-it was measured faster (`SPREAD_WHEN_AUTO`), or when the global batch does not split over the
-devices (inside cannot run then); inside otherwise.
+"auto": spread when one process has several devices and the global batch does not split over them
+(inside cannot run then), or when there are at least as many runs as devices and spread was measured
+faster (`SPREAD_WHEN_AUTO`, off for now); inside otherwise.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from pthnet_jax.config_check import RUNS_PLACEMENTS
 from pthnet_jax.epochs import TrainingError
 
 RUNS = "runs"  # the mesh axis the spread placement splits the run axis over
-# What "auto" picks when both placements can run (see README, "Many runs in one program": measured
-# on CPU with 2 fake devices).
-SPREAD_WHEN_AUTO = True
+# What "auto" picks when both placements can run: inside until spread is measured faster (README,
+# "Many runs in one program": `benchmarks.runs throughput --placement both`; not measured cleanly yet).
+SPREAD_WHEN_AUTO = False
 
 
 def resolve(requested: str, runs: int, global_batch: int, devices: int | None = None,
