@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
         # Where those runs sit on several local devices: "inside" (each run's batch split over the
         # devices), "spread" (whole runs per device), "auto" (pthnet_jax.run_placement).
         runs_placement="auto",
+        # Runs of one program batched together: 0 = all (one vmap), 1 = one after another (lax.map),
+        # w = groups of w; -1 = auto (1 on a CPU, where batching gains nothing and compiles slower; 0 else).
+        runs_vmap_width=-1,
         # How the devices' mutable collections (BatchNorm statistics) are combined after a step:
         # "pmean" (mean over devices), "first" (device 0's, as PyTorch's DataParallel), "" (the family's).
         model_state_sync="",

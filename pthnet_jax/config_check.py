@@ -88,6 +88,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.eval_every": _int_at_least(1),
     "train.parallel_runs": _int_at_least(1),
     "train.runs_placement": _choice(RUNS_PLACEMENTS),
+    "train.runs_vmap_width": ((lambda v: _is_int(v) and v >= -1), "an integer >= -1 (-1 = auto)"),
     "train.profile_steps": _int_at_least(0),
     "train.allow_resume_change": _BOOL,
     "train.shuffle": _BOOL,

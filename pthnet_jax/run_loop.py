@@ -67,7 +67,8 @@ def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> boo
                  options_["b1"], options_["b2"], options_["eps"])
     task = active[0].task
     options = task.input_options(active[0].model_config, first.data)
-    chunk_fn = place.chunk_fn(task, model, optim_key, options, sync, shared)
+    width = run_stack.resolve_vmap_width(int(tcfg.get("runs_vmap_width", -1)))
+    chunk_fn = place.chunk_fn(task, model, optim_key, options, sync, shared, width)
     per_call = steps_per_dispatch(tcfg.steps_per_dispatch, max(r.steps_per_epoch for r in active))
     predictor = Predictor(model, mode="resident", batch_size=first.eval.batch_size, task=task, options=options)
     seeds = place.per_run([r.config.train.seed for r in active])

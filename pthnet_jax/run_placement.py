@@ -95,8 +95,8 @@ class Inside:
     def stacked_store(self, stacked: Any) -> Any:
         return parallel.replicate(stacked)
 
-    def chunk_fn(self, task, model, optim: tuple, options, sync: str, shared: bool):
-        return run_stack.runs_chunk_fn(task, model, optim, options, sync, shared)
+    def chunk_fn(self, task, model, optim: tuple, options, sync: str, shared: bool, vmap_width: int = 0):
+        return run_stack.runs_chunk_fn(task, model, optim, options, sync, shared, vmap_width)
 
 
 class Spread:
@@ -158,8 +158,9 @@ class Spread:
     def stacked_store(self, stacked: Any) -> Any:
         return self._put(self._pad(stacked, fill_first=False))
 
-    def chunk_fn(self, task, model, optim: tuple, options, sync: str, shared: bool):
-        bound = dict(task=task, model=model, optim=optim, options=options, sync=sync, shared_store=bool(shared))
+    def chunk_fn(self, task, model, optim: tuple, options, sync: str, shared: bool, vmap_width: int = 0):
+        bound = dict(task=task, model=model, optim=optim, options=options, sync=sync, shared_store=bool(shared),
+                     vmap_width=int(vmap_width))
         try:
             return _spread_fn(self.mesh, tuple(sorted(bound.items())))
         except TypeError:  # an unhashable dependency: no reuse

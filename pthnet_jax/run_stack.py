@@ -122,10 +122,16 @@ def traced_optimizer(lr: float, momentum: float, weight_decay: float, milestones
 
 
 def runs_chunk(state, store, indices, valid, epochs, seeds, steps_per_epoch, *, task, model, optim: tuple,
-               options, sync: str, shared_store: bool):
+               options, sync: str, shared_store: bool, vmap_width: int = 0):
     """`steps.train_chunk` mapped over the run axis (inside pmap). `optim`: (lr, momentum,
     weight_decay, milestones, gamma, name, b1, b2, eps): `traced_optimizer`'s arguments but
-    steps_per_epoch. `shared_store`: one store for every run (no run axis)."""
+    steps_per_epoch. `shared_store`: one store for every run (no run axis).
+
+    `vmap_width`: how many runs are batched together. 0 (or >= K): all of them, one `jax.vmap`;
+    1: one run after another in a loop (`lax.map`: the compiled body is one run's step, so every
+    run computes exactly what it computes alone, padded steps are skipped, not masked); w: `lax.map`
+    over groups of w vmapped runs. Which is fastest is the device's business (see `resolve_vmap_width`).
+    """
     def one_run(state, store, indices, valid, epoch, seed, per_epoch):
         optimizer = traced_optimizer(*optim[:5], per_epoch, *optim[5:])
         new, metrics = steps.train_chunk(state, store, indices, valid, epoch, seed, task=task, model=model,
@@ -135,14 +141,33 @@ def runs_chunk(state, store, indices, valid, epochs, seeds, steps_per_epoch, *, 
             new = jax.tree.map(lambda a, b: jnp.where(real, a, b), new, state)
         return new, metrics
 
-    in_axes = (0, None if shared_store else 0, 0, 0, 0, 0, 0)
-    return jax.vmap(one_run, in_axes=in_axes)(state, store, indices, valid, epochs, seeds, steps_per_epoch)
+    count = indices.shape[0]
+    if vmap_width == 0 or vmap_width >= count:
+        in_axes = (0, None if shared_store else 0, 0, 0, 0, 0, 0)
+        return jax.vmap(one_run, in_axes=in_axes)(state, store, indices, valid, epochs, seeds, steps_per_epoch)
+    mapped = (state, indices, valid, epochs, seeds, steps_per_epoch) + (() if shared_store else (store,))
+
+    def body(args):
+        run_store = store if shared_store else args[6]
+        return one_run(args[0], run_store, *args[1:6])
+
+    return jax.lax.map(body, mapped, batch_size=None if vmap_width == 1 else vmap_width)
 
 
-def runs_chunk_fn(task, model, optim: tuple, options, sync: str, shared_store: bool):
+def resolve_vmap_width(setting: int, platform: str | None = None) -> int:
+    """config.train.runs_vmap_width: -1 (auto) is 1 on a CPU, where batching runs gains no
+    throughput (the matrix products already fill the cores) but costs a larger compilation, and 0
+    (every run in one vmap) on accelerators, where one run cannot fill the device."""
+    if setting >= 0:
+        return int(setting)
+    platform = platform or jax.default_backend()
+    return 1 if platform == "cpu" else 0
+
+
+def runs_chunk_fn(task, model, optim: tuple, options, sync: str, shared_store: bool, vmap_width: int = 0):
     """The pmapped multi-run chunk (cached like every pmapped step: one trace per setting)."""
     return steps.pmapped(runs_chunk, donate_state=True, task=task, model=model, optim=optim, options=options,
-                         sync=sync, shared_store=bool(shared_store))
+                         sync=sync, shared_store=bool(shared_store), vmap_width=int(vmap_width))
 
 
 @functools.lru_cache(maxsize=8)

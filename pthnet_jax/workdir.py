@@ -26,11 +26,11 @@ from pthnet_jax.epochs import TrainingError
 LOCK_FILE = ".lock"
 
 # Config fields added after workdirs were written, with the value an older saved config means.
-ADDED_FIELDS = {"family": "pthnet", "train.model_state_sync": ""}
+ADDED_FIELDS = {"family": "pthnet", "train.model_state_sync": "", "train.runs_vmap_width": -1}
 # Fields that may change between the runs of one workdir without changing what was trained so far.
 RESUMABLE_CHANGES = ("data.data_dir", "train.epochs", "train.keep_checkpoints", "train.profile_steps",
                      "eval.batch_size", "train.allow_resume_change", "train.parallel_runs",
-                     "train.runs_placement")
+                     "train.runs_placement", "train.runs_vmap_width")
 
 
 class WorkdirError(TrainingError):

@@ -17,3 +17,27 @@ def tiny_datasets(tmp_path_factory):
     from train_helpers import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("tiny-data"))
+
+
+# The files that take longest, longest first (measured under `.ci/run`, 2026-12-03). With
+# `-n 2 --dist loadfile` a file runs whole on one worker and a worker takes the next file in this
+# order, so starting with the long ones keeps both workers busy to the end (pytest-xdist would
+# otherwise order the files by their number of tests, which put the few long end-to-end tests last).
+# A file not listed runs after these, in the usual order.
+LONGEST_FIRST = (
+    "test_gpu_report.py", "test_faults.py", "test_bench.py", "test_folds.py", "test_readme.py",
+    "test_reliability.py", "test_train.py", "test_video_demo_bench.py", "test_convert.py", "test_preemption.py",
+    "test_runs_streaming.py", "test_runs_placement.py", "test_demo.py", "test_model.py", "test_lstpnet_train.py",
+    "test_parity.py", "test_cli_run.py", "test_interrupts.py", "test_htnet_loso.py", "test_evaluate.py",
+    "test_lstpnet_model.py", "test_video_predict.py", "test_multihost.py", "test_cli_convert.py", "test_runs.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order

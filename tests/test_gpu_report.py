@@ -190,15 +190,18 @@ def test_wheel_requirements_parse(tmp_path):
 @pytest.mark.slow
 def test_every_part_runs_tiny(tmp_path):
     """The report's own command at tiny sizes: every part measured (or skipped with a reason when the
-    shared machine is too slow for its budget), one given a 0 budget."""
+    shared machine is too slow for its budget), two given a 0 budget: pthnet_variants (six more
+    trainings) and pthnet_float32, whose code is pthnet_bfloat16's (gpu_pthnet._run) in the float32
+    that every training test trains in (its profile is test_bench.py's); each compiles a minute."""
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user runs it
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_report.py"), "--out", str(out), "--tiny",
-                           "--scratch", str(tmp_path / "scratch"), "--budget", "pthnet_variants=0"],
-                          capture_output=True, text=True, timeout=1800, env=env)
+                           "--scratch", str(tmp_path / "scratch"), "--budget", "pthnet_variants=0",
+                           "--budget", "pthnet_float32=0"], capture_output=True, text=True, timeout=1800, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = _check_files(out, PARTS)
-    assert report["parts"]["pthnet_variants"]["reason"] == "its budget is 0 s"
+    for name in ("pthnet_variants", "pthnet_float32"):
+        assert report["parts"][name]["reason"] == "its budget is 0 s"
     measured = [n for n, e in report["parts"].items() if e["status"] == "measured"]
     assert {"environment", "ceiling"} <= set(measured)
     for name in measured:  # the import chain stays within what the device has or gets as wheels

@@ -57,17 +57,27 @@ def together(tiny_datasets, small_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def together_and_alone(together, tiny_datasets, small_dataset, tmp_path_factory):
+def alone_runs(tiny_datasets, small_dataset, tmp_path_factory):
     alone = []
     for spec in _specs(tmp_path_factory.mktemp("alone"), tiny_datasets, small_dataset):
         run_cfg = tiny_config(spec.data_dir, **{"train.epochs": 2, "train.seed": spec.seed})
         alone.append((spec, train_and_evaluate(run_cfg, spec.workdir)))
-    return (*together, alone)
+    return alone
+
+
+@pytest.fixture(scope="module")
+def together_vmapped(tiny_datasets, small_dataset, tmp_path_factory):
+    """The three runs in one program, batched by one vmap (the accelerators' default)."""
+    config = tiny_config(tiny_datasets[0], **{"train.epochs": 2, "train.runs_vmap_width": 0})
+    specs = _specs(tmp_path_factory.mktemp("vmapped"), tiny_datasets, small_dataset)
+    return specs, train_runs(config, specs, parallel_runs=3)
 
 
 @pytest.mark.slow  # trains a model
-def test_three_runs_in_one_program_equal_the_runs_alone(together_and_alone):
-    specs, summaries, alone = together_and_alone
+@pytest.mark.parametrize("width", ["auto: one run after another (CPU)", "0: one vmap"])
+def test_three_runs_in_one_program_equal_the_runs_alone(width, request, alone_runs):
+    specs, summaries = request.getfixturevalue("together" if width.startswith("auto") else "together_vmapped")
+    alone = alone_runs
     differences = []
     for spec, summary, (alone_spec, alone_summary) in zip(specs, summaries, alone):
         params, info = _final(spec.workdir)
@@ -84,7 +94,9 @@ def test_three_runs_in_one_program_equal_the_runs_alone(together_and_alone):
                     assert a[key] == pytest.approx(b[key], abs=1e-9), key
                 else:
                     assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
-    print("largest parameter difference, together vs alone:", differences)
+    print(f"largest parameter difference, together ({width}) vs alone:", differences)
+    if width.startswith("auto"):  # the compiled body is each run's own step: the same bits
+        assert max(differences) == 0.0
     assert max(differences) < 1e-5
 
 
@@ -231,3 +243,12 @@ def test_leave_one_group_out_runs_are_clip_subsets_of_one_dataset(tmp_path):
         assert spec.workdir == tmp_path / f"subject_{name}" and spec.has_subsets
     with pytest.raises(ValueError, match="at least 2 groups"):
         leave_one_group_out("d", ["a", "a"], tmp_path)
+
+
+def test_vmap_width_auto_is_a_loop_on_cpus_and_one_vmap_elsewhere():
+    from pthnet_jax.config_check import config_problems
+
+    assert run_stack.resolve_vmap_width(-1, "cpu") == 1 and run_stack.resolve_vmap_width(-1, "gpu") == 0
+    assert run_stack.resolve_vmap_width(4, "cpu") == 4 and run_stack.resolve_vmap_width(0, "cpu") == 0
+    bad = tiny_config("data", **{"train.runs_vmap_width": -2})
+    assert any("train.runs_vmap_width" in p and ">= -1" in p for p in config_problems(bad))
