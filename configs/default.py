@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
         val_fraction=0.1, val_seed=0,  # held-out part of train when select_on == "val"
         keep_checkpoints=2, eval_every=1,
         parallel_runs=1,  # `pthnet folds`: runs of the protocol trained at a time in one program (vmap)
+        # Where those runs sit on several local devices: "inside" (each run's batch split over the
+        # devices), "spread" (whole runs per device), "auto" (pthnet_jax.run_placement).
+        runs_placement="auto",
         # Runs of one program batched together: 0 = all (one vmap), 1 = one after another (lax.map),
         # w = groups of w; -1 = auto (1 on a CPU, where batching gains nothing and compiles slower; 0 else).
         runs_vmap_width=-1,

@@ -19,6 +19,7 @@ from pthnet_jax.task import FAMILIES, STATE_SYNCS, UnknownFamily, family_of, get
 MODEL_DTYPES = ("float32", "bfloat16")
 DATA_MODES = ("auto", "resident", "streaming")
 SELECT_ON = ("test", "val")
+RUNS_PLACEMENTS = ("auto", "inside", "spread")  # many runs in one program: pthnet_jax.run_placement
 
 
 class ConfigError(TrainingError):
@@ -86,6 +87,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.keep_checkpoints": _int_at_least(1),
     "train.eval_every": _int_at_least(1),
     "train.parallel_runs": _int_at_least(1),
+    "train.runs_placement": _choice(RUNS_PLACEMENTS),
     "train.runs_vmap_width": ((lambda v: _is_int(v) and v >= -1), "an integer >= -1 (-1 = auto)"),
     "train.profile_steps": _int_at_least(0),
     "train.allow_resume_change": _BOOL,

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pthnet_jax import parallel, reporting, run_stack, run_stream, timing
+from pthnet_jax import parallel, reporting, run_placement, run_stack, run_stream, timing
 from pthnet_jax.epochs import StopOnSignal, check_finite
 from pthnet_jax.evaluation import Predictor
 from pthnet_jax.metrics import classification_metrics
@@ -40,18 +40,18 @@ def train_together(runs: list, model, sync: str, clock: timing.RunClock) -> list
     return summaries
 
 
-def _store(active: list) -> tuple[Any, bool]:
+def _store(active: list, place) -> tuple[Any, bool]:
     """The runs' training data on the devices: one store when they all train on one split."""
     splits = {id(r.split): r.split for r in active}
     task = active[0].task
     if len(splits) == 1:
-        return task.store(active[0].split, train=True), True
+        return place.shared_store(task.store(active[0].split, train=True)), True
     stores = []
     for split in splits.values():  # each store on the host, then stacked: not kept on the devices twice
         stores.append(parallel.unreplicate(task.store(split, train=True)))
         split.cache.clear()
     by_split = {key: k for k, key in enumerate(splits)}
-    return parallel.replicate(run_stack.stacked_store([stores[by_split[id(r.split)]] for r in active])), False
+    return place.stacked_store(run_stack.stacked_store([stores[by_split[id(r.split)]] for r in active])), False
 
 
 def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> bool:
@@ -59,8 +59,11 @@ def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> boo
     first = active[0].config
     tcfg, optim = first.train, first.optim
     streaming = run_stream.is_streaming(active)  # host batches (run_stream): no store, one step per call
+    # where the runs sit on the local devices; streaming runs stay inside (their host batches are split
+    # over the devices as a run's alone)
+    place = run_placement.Inside(len(active)) if streaming else run_placement.choose(tcfg, len(active))
     with clock.phase("data"):
-        store, shared = (None, True) if streaming else _store(active)
+        store, shared = (None, True) if streaming else _store(active, place)
     options_ = optimizer_options(optim)  # SGD or Adam (HTNet), as `make_optimizer` builds it alone
     optim_key = (float(optim.lr), float(optim.momentum), float(optim.weight_decay),
                  tuple(int(m) for m in optim.milestones), float(optim.gamma), options_["name"],
@@ -69,17 +72,18 @@ def _train_active(active: list, model, sync: str, clock: timing.RunClock) -> boo
     options = task.input_options(active[0].model_config, first.data)
     width = run_stack.resolve_vmap_width(int(tcfg.get("runs_vmap_width", -1)))
     chunk_fn = run_stream.runs_step_fn(task, model, optim_key, sync, width) if streaming else \
-        run_stack.runs_chunk_fn(task, model, optim_key, options, sync, shared, width)
+        place.chunk_fn(task, model, optim_key, options, sync, shared, width)
     per_call = 1 if streaming else steps_per_dispatch(tcfg.steps_per_dispatch, max(r.steps_per_epoch for r in active))
     predictor = Predictor(model, mode="streaming" if streaming else "resident", batch_size=first.eval.batch_size,
                           task=task, options=options)
-    seeds = run_stack.per_device([r.config.train.seed for r in active])
-    spes = run_stack.per_device([r.steps_per_epoch for r in active])
-    replicated = parallel.replicate(run_stack.stack([r.state for r in active]))
+    seeds = place.per_run([r.config.train.seed for r in active])
+    spes = place.per_run([r.steps_per_epoch for r in active])
+    replicated = place.put_states([r.state for r in active])
     with StopOnSignal() as stop:
         while not all(r.done for r in active):
-            replicated, complete = _round(active, replicated, store, chunk_fn, seeds, spes, per_call, stop, clock)
-            for k, state in enumerate(run_stack.unstack(parallel.unreplicate(replicated), len(active))):
+            replicated, complete = _round(active, replicated, store, chunk_fn, seeds, spes, per_call, stop, clock,
+                                          place)
+            for k, state in enumerate(place.states(replicated)):
                 active[k].state = state
             if not complete:
                 with clock.phase("checkpoints"):
@@ -105,7 +109,7 @@ def _stepped(active: list) -> list:
     return [r for r in active if r.progress is not None and r.step != r.round_start_step]
 
 
-def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop, clock):
+def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop, clock, place):
     """One round: every unfinished run to the end of its epoch. Returns (state, ran to the end)."""
     tcfg = active[0].config.train
     plans, firsts = [], []
@@ -130,7 +134,7 @@ def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop
         r.block = steps_per_dispatch(tcfg.steps_per_dispatch, r.steps_per_epoch)
         r.pending, r.position, r.round_epoch = [], first, epoch
     indices, valid, starts = run_stack.round_plan(plans, firsts)
-    epochs = run_stack.per_device([r.epoch if not r.done else 0 for r in active])
+    epochs = place.per_run([r.epoch if not r.done else 0 for r in active])
     length = indices.shape[1]
     bar = _bar(active, length)
     position, pending = 0, None
@@ -140,10 +144,10 @@ def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop
             if streams is not None:  # a streaming family: the runs' host batches, one step
                 replicated, metrics = streams(replicated, position)
             else:
-                plan_i, plan_v = run_stack.chunk(indices, valid, position, per_call)
+                plan_i, plan_v = place.chunk(indices, valid, position, per_call)
                 replicated, metrics = chunk_fn(replicated, store, plan_i, plan_v, epochs, seeds, spes)
             if pending is not None:
-                _consume(active, *pending, starts, length, bar)
+                _consume(active, *pending, starts, length, bar, place)
             answer = parallel.any_process_async(stop.requested)
             decided = answer if isinstance(answer, bool) else (pending is not None and parallel.read_flag(pending[2]))
             pending = (metrics, position, answer)
@@ -153,7 +157,7 @@ def _round(active, replicated, store, chunk_fn, seeds, spes, per_call: int, stop
                 stop.agreed = True
                 break
         if pending is not None:
-            _consume(active, *pending, starts, length, bar)
+            _consume(active, *pending, starts, length, bar, place)
             if not stop.agreed and parallel.read_flag(pending[2]):
                 stop.agreed = True
     bar.close()
@@ -171,10 +175,10 @@ def _bar(active: list, length: int):
                 disable=jax.process_index() != 0, dynamic_ncols=True, leave=True)
 
 
-def _consume(active: list, metrics, position: int, answer, starts: list[int], length: int, bar) -> None:
+def _consume(active: list, metrics, position: int, answer, starts: list[int], length: int, bar, place) -> None:
     """Hand one call's per-run, per-step metrics to each run (blocks until the call is done)."""
     del answer
-    metrics = parallel.unreplicate(metrics)  # name -> (K, steps)
+    metrics = place.metrics(metrics)  # name -> (K, steps)
     width = next(iter(metrics.values())).shape[1]
     for k, r in enumerate(active):
         if r.progress is None:

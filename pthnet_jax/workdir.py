@@ -30,7 +30,7 @@ ADDED_FIELDS = {"family": "pthnet", "train.model_state_sync": "", "train.runs_vm
 # Fields that may change between the runs of one workdir without changing what was trained so far.
 RESUMABLE_CHANGES = ("data.data_dir", "train.epochs", "train.keep_checkpoints", "train.profile_steps",
                      "eval.batch_size", "train.allow_resume_change", "train.parallel_runs",
-                     "train.runs_vmap_width")
+                     "train.runs_placement", "train.runs_vmap_width")
 
 
 class WorkdirError(TrainingError):

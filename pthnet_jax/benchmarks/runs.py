@@ -4,6 +4,7 @@ throughput of K runs vmapped on one device (the GPU report's part).
     python -m pthnet_jax.benchmarks.runs protocol --out DIR [--width tiny|default] [--epochs 2]
         [--clips 40 --test-clips 10] [--parallel 10] [--folds 1-5]
     python -m pthnet_jax.benchmarks.runs throughput --runs 1,4,16,64 [--width default] [--seconds 20]
+        [--placement inside|spread|both] [--steps-per-call 32]
 
 `protocol` writes synthetic DFEW-like features (5 folds, forward and backward), imports them, then
 runs `pthnet folds` twice in processes of their own, each with a cold compilation cache: one run at a
@@ -11,6 +12,10 @@ time (today's command), then `--parallel K`; it reports both wall times, their r
 the two `folds.json` agree. `throughput` times `train.steps_per_dispatch` steps per call of K runs
 on one resident dataset (K seeds), K = 1 being today's un-vmapped program: runs x clips/s, and the
 largest K that fits in memory (it keeps doubling K past the list until a run does not fit).
+`--placement` (`pthnet_jax.run_placement`) times the runs inside each device's program (each run's
+batch split over the local devices) or spread over the devices (whole runs per device), or both
+for each K in one process; compare them with several local devices (on CPU:
+XLA_FLAGS=--xla_force_host_platform_device_count=2).
 """
 from __future__ import annotations
 
@@ -117,11 +122,13 @@ def _synthetic_store(model_config, clips: int, seed: int = 0):
 
 
 def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips: int = 2048, calls: int = 3,
-                    seconds_left=None, grow: bool = True, record=None) -> dict[str, Any]:
+                    seconds_left=None, grow: bool = True, record=None, placements: Sequence[str] = ("inside",),
+                    per_call: int = 32) -> dict[str, Any]:
     """Training throughput of K runs in one program for each K; K = 1 is today's un-vmapped chunk.
 
     Returns {"rows": [{"runs", "clips_per_s" (all runs), "per_run_clips_per_s", "seconds_per_call",
-    "compile_seconds"}], "largest_fitting": K, "first_failing": K or None}.
+    "compile_seconds", "placement"}], "largest_fitting": K, "first_failing": K or None}; a row per
+    placement for each K > 1 (K = 1 is the un-vmapped program alone).
     """
     import jax
     import numpy as np
@@ -136,7 +143,7 @@ def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips:
     model_cfg = model_config_from(config)
     task = get_task("pthnet")
     model = task.model(model_cfg)
-    batch, per_call = int(config.train.global_batch), 32
+    batch = int(config.train.global_batch)
     if batch % parallel.local_device_count():
         batch = parallel.local_device_count() * max(1, batch // parallel.local_device_count())
     spe = clips // batch
@@ -151,13 +158,15 @@ def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips:
         if seconds_left is not None and seconds_left() < 10:
             break
         try:
-            row = _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg)
+            for placement in placements if k > 1 else ("inside",):
+                row = _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg,
+                                 placement)
+                rows.append(row)
         except Exception as err:  # noqa: BLE001 - XlaRuntimeError RESOURCE_EXHAUSTED: K runs do not fit
             if "RESOURCE_EXHAUSTED" not in str(err) and "out of memory" not in str(err).lower():
                 raise
             failing = k
             break
-        rows.append(row)
         largest = max(largest, k)
         if record is not None:
             record(rows=rows, largest_fitting=largest)
@@ -168,11 +177,12 @@ def runs_throughput(run_counts: Sequence[int], *, width: str = "default", clips:
             "rows": rows, "largest_fitting": largest, "first_failing": failing}
 
 
-def _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg) -> dict[str, Any]:
+def _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, calls, model_cfg,
+               placement: str = "inside") -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from pthnet_jax import parallel, run_stack, steps
+    from pthnet_jax import parallel, run_placement, run_stack, steps
 
     states = [jax.device_get(init(jax.random.key(seed))) for seed in range(k)]
     rng = np.random.default_rng(k)
@@ -186,6 +196,12 @@ def _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, cal
         zeros = np.zeros((parallel.local_device_count(),), np.int32)
         args = lambda: (parallel.split_for_devices(plan_i[0], axis=1), parallel.split_for_devices(plan_v[0], axis=1),
                         zeros, zeros)
+    elif placement == "spread":
+        place = run_placement.Spread(k)
+        fn = place.chunk_fn(task, model, (0.005, 0.9, 1e-4, (10,), 0.5), options, "pmean", True)
+        state, store = place.put_states(states), place.shared_store(store)
+        extra = (place.per_run([0] * k), place.per_run(range(k)), place.per_run([spe] * k))
+        args = lambda: (*place.chunk(plan_i, plan_v, 0, per_call), *extra)
     else:
         fn = run_stack.runs_chunk_fn(task, model, (0.005, 0.9, 1e-4, (10,), 0.5), options, "pmean", True)
         state = parallel.replicate(run_stack.stack(states))
@@ -201,7 +217,7 @@ def _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, cal
     jax.block_until_ready(metrics)
     per_call_s = (time.perf_counter() - began) / calls
     clips_per_s = k * per_call * batch / per_call_s
-    return {"runs": k, "clips_per_s": round(clips_per_s, 1), "per_run_clips_per_s": round(clips_per_s / k, 1),
+    return {"runs": k, "placement": placement, "clips_per_s": round(clips_per_s, 1), "per_run_clips_per_s": round(clips_per_s / k, 1),
             "seconds_per_call": round(per_call_s, 4), "first_call_seconds": round(compile_seconds, 2)}
 
 
@@ -222,6 +238,13 @@ def gpu_part(ctx) -> dict[str, Any]:
     return result
 
 
+def _print_latest(rows: list[dict[str, Any]], largest_fitting: int) -> None:
+    """Each K's rows as they come (stderr): a long measurement shows its figures before it ends."""
+    for row in rows:
+        if row["runs"] == largest_fitting:
+            print(json.dumps(row), file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pthnet_jax.benchmarks.runs", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--width", choices=("tiny", "default"), default="default")
     t.add_argument("--clips", type=int, default=2048)
     t.add_argument("--calls", type=int, default=3)
+    t.add_argument("--placement", choices=("inside", "spread", "both"), default="inside")
+    t.add_argument("--steps-per-call", type=int, default=32)
     args = parser.parse_args(argv)
     if args.what == "protocol":
         result = protocol(args.out, args.width, args.epochs, args.clips, args.test_clips, args.parallel, args.folds)
@@ -246,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             k: {kk: vv for kk, vv in result[k].items() if kk != "summary"} for k in ("sequential", "parallel")}
     else:
         result = runs_throughput([int(k) for k in args.runs.split(",")], width=args.width, clips=args.clips,
-                                 calls=args.calls, grow=False)
+                                 calls=args.calls, grow=False, per_call=args.steps_per_call,
+                                 record=_print_latest,
+                                 placements=("inside", "spread") if args.placement == "both" else (args.placement,))
     print(json.dumps(result, indent=1))
     return 0
 

@@ -21,7 +21,8 @@ arguments or data, 75 interrupted (re-run to resume).
 
 `--parallel K` (or `config.train.parallel_runs`) trains K of the protocol's runs at a time in one
 program, the step `vmap`ped over a run axis (`pthnet_jax.runs`): each run ends as it would alone and
-writes the same workdir. `--seeds N` trains every fold and direction with N seeds (`train.seed`,
+writes the same workdir (`--placement`: where the runs sit on several local devices,
+`pthnet_jax.run_placement`). `--seeds N` trains every fold and direction with N seeds (`train.seed`,
 +1, ...; workdirs `fold_K[_rv]_seedS`) and reports the mean +- std over folds and seeds.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pthnet_jax.fsutil import atomic_write_json
 
 METRICS = ("UAR", "WAR", "weighted_f1")  # PTH-Net's; a run reports its family's (`task.metrics`)
 USAGE = ("usage: pthnet folds --config NAME|FILE --data 'DIR_{{fold}}' --workdir DIR [--rv-data 'RV_DIR_{{fold}}' "
-         "[--mu 0.7]] [--folds 1-5] [--parallel K] [--seeds N] [--import-root ROOT [--import-args '...']] "
+         "[--mu 0.7]] [--folds 1-5] [--parallel K [--placement auto|inside|spread]] [--seeds N] [--import-root ROOT [--import-args '...']] "
          "[--config.a.b=v ...]\n"
          "  NAME: one of {names}")
 
@@ -237,6 +238,9 @@ def define_flags(argv: list[str]):
                         flag_values=values)
     flags.DEFINE_integer("parallel", None, "train this many of the protocol's runs at a time in one program "
                          "(jax.vmap over runs; default config.train.parallel_runs)", flag_values=values)
+    flags.DEFINE_enum("placement", None, ["auto", "inside", "spread"], "with several local devices: the --parallel "
+                      "runs inside each device's program or spread over the devices (config.train.runs_placement)",
+                      flag_values=values)
     flags.DEFINE_integer("seeds", 1, "seeds per fold and direction (config.train.seed, +1, ...): the summary is "
                          "the mean +- std over folds and seeds", flag_values=values)
     return values, argv
@@ -256,6 +260,8 @@ def main(argv: list[str]) -> int:
         config = parse_flags(values, argv)
         if config is None or not values.data or not values.workdir:
             raise FoldsError("--config, --data and --workdir are required")
+        if values.placement is not None:
+            config.train.runs_placement = values.placement
         for name in ("data", "rv-data"):
             if values[name].value is not None and "{fold}" not in values[name].value:
                 raise FoldsError(f"--{name} {values[name].value!r} needs a {{fold}} placeholder, e.g. 'data/dfew_{{fold}}'")
