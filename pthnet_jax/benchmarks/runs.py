@@ -223,11 +223,12 @@ def _time_runs(k, task, model, optimizer, store, init, batch, per_call, spe, cal
 
 def gpu_part(ctx) -> dict[str, Any]:
     """The GPU report's part (`gpu_parts.PARTS`): K = 1, 4, 16, 64 runs (then doubling until one
-    does not fit), runs x clips/s; with `ctx.tiny` the tiny model, K = 1, 2, 4 (CPU, seconds)."""
+    does not fit), runs x clips/s; with `ctx.tiny` the tiny model, K = 1, 2, 2 steps per call (CPU,
+    seconds: the code path, not a figure)."""
     tiny = ctx.tiny
-    result = runs_throughput((1, 2, 4) if tiny else (1, 4, 16, 64), width="tiny" if tiny else "default",
-                             clips=256 if tiny else 2048, calls=1 if tiny else 3, seconds_left=ctx.remaining,
-                             grow=not tiny, record=ctx.record)
+    result = runs_throughput((1, 2) if tiny else (1, 4, 16, 64), width="tiny" if tiny else "default",
+                             clips=64 if tiny else 2048, calls=1 if tiny else 3, seconds_left=ctx.remaining,
+                             grow=not tiny, record=ctx.record, per_call=2 if tiny else 32)
     rows = {r["runs"]: r for r in result["rows"]}
     base = rows.get(1, {}).get("clips_per_s")
     ratio = {k: round(r["clips_per_s"] / base, 2) for k, r in rows.items()} if base else {}
