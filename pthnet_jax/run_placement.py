@@ -140,11 +140,7 @@ class Spread:
     def chunk(self, indices: np.ndarray, valid: np.ndarray, start: int, length: int) -> tuple[Any, Any]:
         """Steps [start, start + length) of a round, padded past its end; (padded runs, length, batch):
         every run's whole global batch, on the device that holds the run."""
-        part_i, part_v = indices[:, start:start + length], valid[:, start:start + length]
-        missing = length - part_i.shape[1]
-        if missing:
-            part_i = np.concatenate([part_i, np.zeros((part_i.shape[0], missing, part_i.shape[2]), part_i.dtype)], 1)
-            part_v = np.concatenate([part_v, np.zeros((part_v.shape[0], missing, part_v.shape[2]), bool)], 1)
+        part_i, part_v = run_stack.round_steps(indices, valid, start, length)
         return self._put(self._pad(part_i, fill_first=False)), self._put(self._pad(part_v, fill_first=False))
 
     def metrics(self, metrics: Any) -> dict[str, np.ndarray]:

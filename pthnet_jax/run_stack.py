@@ -80,14 +80,20 @@ def round_plan(plans: Sequence[tuple[np.ndarray, np.ndarray] | None], firsts: Se
     return indices, valid, starts
 
 
-def chunk(indices: np.ndarray, valid: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Steps [start, start + length) of a round, padded past its end; device layout
-    (devices, K, length, per_device_batch)."""
+def round_steps(indices: np.ndarray, valid: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps [start, start + length) of a round, padded past its end with invalid steps; host layout
+    (K, length, batch)."""
     part_i, part_v = indices[:, start:start + length], valid[:, start:start + length]
     missing = length - part_i.shape[1]
     if missing:
         part_i = np.concatenate([part_i, np.zeros((part_i.shape[0], missing, part_i.shape[2]), part_i.dtype)], 1)
         part_v = np.concatenate([part_v, np.zeros((part_v.shape[0], missing, part_v.shape[2]), bool)], 1)
+    return part_i, part_v
+
+
+def chunk(indices: np.ndarray, valid: np.ndarray, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """`round_steps` in the device layout (devices, K, length, per_device_batch)."""
+    part_i, part_v = round_steps(indices, valid, start, length)
     return parallel.split_for_devices(part_i, axis=2), parallel.split_for_devices(part_v, axis=2)
 
 
