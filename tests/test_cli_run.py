@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cli_helpers import PTHNET, assert_clean_error, pthnet
+from train_helpers import FAST_ARCH_FLAG
 
 pytestmark = pytest.mark.slow  # whole runs in subprocesses
 
@@ -30,7 +31,7 @@ def test_interrupted_training_exits_75_and_resumes(tiny_datasets, tmp_path):
     forward, backward = tiny_datasets
     workdir = tmp_path / "run"
     command = [str(PTHNET), "train", "--config", "tiny", "--data", str(forward), "--workdir", str(workdir),
-               "--config.train.epochs=40"]
+               FAST_ARCH_FLAG, "--config.train.epochs=40"]
     if not PTHNET.exists():
         pytest.skip("the pthnet console script is not installed next to this interpreter")
     stopped = _train_until_first_epoch(command)

@@ -8,6 +8,7 @@ an import killed after a few clips, `... save DST` a checkpoint save killed befo
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +19,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import FAST_ARCH  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 # tiny's learning-rate drop after epoch 1 (a resumed run must still apply it): the in-process runs'
 # programs are then those of test_train.py's run with 2 steps per call and of the tiny runs' one-step
 # call, compiled once per session into the tests' shared compilation cache (conftest.py).
-OVERRIDES = {"train.epochs": 3, "train.steps_per_dispatch": 2, "train.keep_checkpoints": 1}
+OVERRIDES = {"train.epochs": 3, "train.steps_per_dispatch": 2, "train.keep_checkpoints": 1, "model.arch": FAST_ARCH}
 TIMING = ("train_clips_per_s", "epoch_seconds", "eval_seconds", "save_seconds", "time")
 
 
@@ -165,10 +167,14 @@ def test_kill_9_at_every_phase_then_resume_equals_an_uninterrupted_run(tiny_data
     from pthnet_jax.reporting import remove_damaged_cache_entries
 
     workdir, cache = tmp_path / "killed", tmp_path / "xla"
-    env = {"PTHNET_COMPILATION_CACHE": str(cache)}  # a cold cache of its own, so compiles write to it
+    # A cache of its own, holding what the session's has (reference_run compiled these programs):
+    # the killed write is then that of a program compiled anew, and the other runs load the rest.
+    shutil.copytree(os.environ["PTHNET_COMPILATION_CACHE"], cache)
+    before = set(cache.glob("*-cache"))
+    env = {"PTHNET_COMPILATION_CACHE": str(cache)}
     data = tiny_datasets[0]
     _run(["train", data, workdir, "compile"], env, expect_killed=True)
-    assert [p for p in cache.glob("*-cache")], "the kill did not happen while writing the cache"
+    assert set(cache.glob("*-cache")) - before, "the kill did not happen while writing the cache"
     _run(["train", data, workdir, "save"], env, expect_killed=True)
     assert not (workdir / "checkpoints" / "5").exists()
     assert list((workdir / "checkpoints").glob("5.orbax-checkpoint-tmp*"))
@@ -275,9 +281,9 @@ def test_full_disk_is_a_message_and_a_rerun_after_freeing_space_resumes(tiny_dat
         pytest.skip("cannot mount a tmpfs here (unshare -rm); the simulated ENOSPC is in test_reliability.py")
     workdir, out, small_data = tmp_path / "small", tmp_path / "out", tmp_path / "small-data"
     workdir.mkdir(), out.mkdir(), small_data.mkdir()
-    # A step checkpoint of the tiny run takes ~0.72 MB and best/ ~0.3 MB: epoch 1 fits, epoch 2's
-    # checkpoint does not (while step 5 is still kept).
-    size = os.environ.get("PTHNET_TEST_FULL_DISK_SIZE", "1500k")
+    # A step checkpoint of the tiny run takes 264 KiB on a tmpfs, best/ 132 KiB and the rest 80 KiB:
+    # epoch 1 fits, epoch 2's checkpoint does not (while step 5 is still kept).
+    size = os.environ.get("PTHNET_TEST_FULL_DISK_SIZE", "600k")
     command = [sys.executable, __file__]
     root = next(p for p in Path(tiny_datasets[0]).parents if (p / "root").is_dir()) / "root"
     script = textwrap.dedent(f"""

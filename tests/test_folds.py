@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_clean_error, pthnet
+from train_helpers import FAST_ARCH_FLAG
 from pthnet_jax.data.importer import import_features
 from pthnet_jax.data.synth import synthesize
 
@@ -50,7 +51,7 @@ def test_forward_backward_and_fused_over_two_folds(root, tmp_path, capsys):
     from pthnet_jax.commands.folds import main
     from pthnet_jax.evaluation import evaluate
 
-    argv = ["--config", "tiny", "--config.benchmark=DFEW", "--config.train.epochs=1",
+    argv = ["--config", "tiny", "--config.benchmark=DFEW", "--config.train.epochs=1", FAST_ARCH_FLAG,
             "--data", str(tmp_path / "data" / "dfew_{fold}"), "--rv-data", str(tmp_path / "data" / "dfew_rv_{fold}"),
             "--workdir", str(tmp_path / "runs"), "--folds", "1-2", "--mu", "0.6",
             "--import-root", str(root), "--import-args", f"--feature-dim {DIM}"]

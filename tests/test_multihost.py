@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_helpers import start_workers, wait_for_workers  # noqa: E402
+from train_helpers import FAST_ARCH  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end to end: runs whole programs
 
@@ -30,10 +31,9 @@ def _setup():
     from pthnet_jax.models.pthnet import ModelConfig, PTHNet, init_variables
     from pthnet_jax.optim import make_optimizer
 
-    # The tiny config, shallower still, and the H level only (compiling the step dominates this
-    # test): one layer per stage that has one, drop path on (branch_1 has it), so the per-device
-    # RNG is covered too.
-    model_config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": (1, 1, 1, 0), "num_classes": 7})
+    # The tiny config, shallower still (compiling the step dominates this test): the training tests'
+    # FAST_ARCH, whose one layer (branch_1) has drop path, so the per-device RNG is covered too.
+    model_config = ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": FAST_ARCH, "num_classes": 7})
     model = PTHNet(model_config)
     optimizer = make_optimizer(lr=0.05, momentum=0.9, weight_decay=1e-4, milestones=(1,), gamma=0.1,
                                steps_per_epoch=1).transform  # the lr changes between the two steps

@@ -52,9 +52,7 @@ def _worker(data_dir: str, workdir: str, signal_after: int) -> None:
 
         reporting.EpochProgress.__init__ = init_and_remember
         reporting.EpochProgress.update = update_then_signal
-    # One layer per stage that has one: compiling the step dominates this test.
-    config = tiny_config(data_dir, **{"train.epochs": EPOCHS, "train.steps_per_dispatch": 1,
-                                      "train.keep_checkpoints": 1, "model.arch": (1, 1, 1, 0)})
+    config = tiny_config(data_dir, **{"train.epochs": EPOCHS, "train.steps_per_dispatch": 1, "train.keep_checkpoints": 1})
     result = train_and_evaluate(config, workdir)
     Path(workdir, f"result-{jax.process_index()}.json").write_text(json.dumps(result, default=str))
     jax.distributed.shutdown()

@@ -18,7 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-TINY = ("--config.model.n_embd=32 --config.model.mlp_dim=48 --config.model.arch='(1,1,1,1)' --config.train.epochs=1 --config.optim.milestones='()' "
+TINY = ("--config.model.n_embd=32 --config.model.mlp_dim=48 --config.model.arch='(1,0,1,0)' --config.train.epochs=1 --config.optim.milestones='()' "
         "--config.train.global_batch=8 "
         "--config.train.steps_per_dispatch=4 --config.eval.batch_size=16")
 APPENDED = {"pthnet train ": TINY, "pthnet folds ": f"{TINY} --folds 1"}

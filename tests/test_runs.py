@@ -212,6 +212,7 @@ def test_folds_with_seeds_in_one_program(tmp_path, capsys):
                       folds=[1])
     import_features("DFEW", root, tmp_path / "dfew_1", fold=1, feature_dim=16, quiet=True)
     argv = ["--config", "tiny", "--config.benchmark=DFEW", "--config.train.epochs=1", "--config.optim.milestones=(1,)",
+            "--config.model.arch=(1,0,1,0)",
             "--data", str(tmp_path / "dfew_{fold}"), "--workdir", str(tmp_path / "runs"), "--folds", "1",
             "--seeds", "3", "--parallel", "3"]
     assert main(argv) == 0
