@@ -33,7 +33,11 @@ from typing import Any, Sequence
 def _config(width: str):
     from pthnet_jax.configs import default, tiny
 
-    return (tiny if width == "tiny" else default).get_config()
+    if width != "tiny":
+        return default.get_config()
+    config = tiny.get_config()
+    config.model.arch = tiny.SMOKE_ARCH  # throughput at tiny width is a smoke run (the report's --tiny)
+    return config
 
 
 def make_protocol_data(root: Path, feature_dim: int, clips: int, test_clips: int, folds: Sequence[int]) -> Path:

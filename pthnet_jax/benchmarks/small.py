@@ -38,8 +38,12 @@ def run_jax(data_dir: Path, workdir: Path, epochs: int, model: str) -> dict[str,
                f"--config.data.data_dir={data_dir}", f"--workdir={run_dir}", f"--config.train.epochs={epochs}",
                # the recipe's milestones that a shorter run reaches (all of them at 20 epochs)
                f"--config.optim.milestones={tuple(m for m in ferv39k.get_config().optim.milestones if m <= epochs)}"]
-    if model == "tiny":  # the tests' model (configs/tiny.py) on the benchmark's 1408-dim features
-        command += ["--config.model.n_embd=32", "--config.model.mlp_dim=48"]
+    if model == "tiny":  # the baseline's model, speed.model_config("tiny"), on the benchmark's 1408-dim features
+        from pthnet_jax.benchmarks.speed import model_config
+
+        tiny = model_config("tiny")
+        command += [f"--config.model.n_embd={tiny.n_embd}", f"--config.model.mlp_dim={tiny.mlp_dim}",
+                    f"--config.model.arch={tuple(tiny.arch)}"]
     wall = _timed(command, {"PTHNET_COMPILATION_CACHE": str(cache)})
     summary = json.loads((run_dir / "summary.json").read_text())
     last = summary["last"]["test"]

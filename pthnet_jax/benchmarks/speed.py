@@ -59,10 +59,11 @@ def model_config(name: str):
 
     if name == "default":
         return ModelConfig()
-    if name == "tiny":  # for tests of the benchmark itself
+    if name == "tiny":  # for tests of the benchmark itself: configs/tiny.py's smoke depth
         from pthnet_jax.configs import tiny
 
-        return ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "n_in": 1408, "num_classes": 7})
+        return ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": tiny.SMOKE_ARCH, "n_in": 1408,
+                                      "num_classes": 7})
     raise ValueError(f"--model must be 'default' or 'tiny', got {name!r}")
 
 
