@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -146,10 +147,18 @@ class TrainCheckpoints:
 
         if jax.process_index() != 0:
             return
-        for path in (self.workdir / CHECKPOINTS).glob(f"{step}.orbax-checkpoint-tmp*"):
-            remove_path(path)
-        if step not in _finalized_steps(self.workdir / CHECKPOINTS):
-            remove_path(self.step_dir(step))
+        # The failed item's error can come back while other items' array writes are still in flight
+        # (TensorStore's threads): a file they add mid-removal keeps its directory. Remove until a
+        # short pause finds nothing left (the writes fail fast on the same full disk).
+        for pause in (0.05, 0.2, 0.5, 1.0, 2.0):
+            leftovers = list((self.workdir / CHECKPOINTS).glob(f"{step}.orbax-checkpoint-tmp*"))
+            if step not in _finalized_steps(self.workdir / CHECKPOINTS) and self.step_dir(step).exists():
+                leftovers.append(self.step_dir(step))
+            if not leftovers:
+                return
+            for path in leftovers:
+                remove_path(path)
+            time.sleep(pause)
 
     def _prune(self, run: RunState) -> None:
         """Keep the last `keep` steps and the best epoch's step; delete the others."""

@@ -8,7 +8,8 @@ import pytest
 
 from pthnet_jax.models.pthnet import LEVELS, ModelConfig, PTHNet, count_params, dummy_inputs, init_variables
 
-TINY = ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=5)
+# One layer of each kind (every part of the model; the default depth would only compile longer).
+TINY = ModelConfig(n_in=24, n_embd=32, mlp_dim=48, num_classes=5, arch=(1, 1, 1, 1))
 
 
 def _random_inputs(config, batch, seed=0):
@@ -119,10 +120,10 @@ def test_bad_config_and_inputs_are_reported():
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"n_embed": 3})
     model = PTHNet(TINY)
-    variables = init_variables(model, jax.random.key(0))
+    variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))  # shapes: nothing to compile
     features, masks = dummy_inputs(TINY, 2, levels=("H",))
     with pytest.raises(ValueError, match="share keys"):
-        model.apply(variables, features, {"M": masks["H"]})
+        jax.eval_shape(lambda v: model.apply(v, features, {"M": masks["H"]}), variables)
 
 
 def test_config_json_round_trip():

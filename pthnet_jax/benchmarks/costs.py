@@ -1,10 +1,25 @@
-"""What a training step costs: FLOPs from XLA's cost analysis, and a profile summarised by kind."""
+"""What a training step costs: FLOPs from XLA's cost analysis, and a profile summarised by kind; the
+benchmarks' models by name."""
 from __future__ import annotations
 
 import collections
 import re
 from pathlib import Path
 from typing import Any
+
+
+def model_config(name: str):
+    """The benchmarks' PTH-Net by name: 'default' (the paper's) or 'tiny' (tests of the benchmarks)."""
+    from pthnet_jax.models.pthnet import ModelConfig
+
+    if name == "default":
+        return ModelConfig()
+    if name == "tiny":  # for tests of the benchmark itself: configs/tiny.py's smoke depth
+        from pthnet_jax.configs import tiny
+
+        return ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": tiny.SMOKE_ARCH, "n_in": 1408,
+                                      "num_classes": 7})
+    raise ValueError(f"--model must be 'default' or 'tiny', got {name!r}")
 
 
 def flops_per_clip(config, batch: int = 32) -> dict[str, float]:

@@ -38,8 +38,8 @@ def run_jax(data_dir: Path, workdir: Path, epochs: int, model: str) -> dict[str,
                f"--config.data.data_dir={data_dir}", f"--workdir={run_dir}", f"--config.train.epochs={epochs}",
                # the recipe's milestones that a shorter run reaches (all of them at 20 epochs)
                f"--config.optim.milestones={tuple(m for m in ferv39k.get_config().optim.milestones if m <= epochs)}"]
-    if model == "tiny":  # the baseline's model, speed.model_config("tiny"), on the benchmark's 1408-dim features
-        from pthnet_jax.benchmarks.speed import model_config
+    if model == "tiny":  # the baseline's model, costs.model_config("tiny"), on the benchmark's 1408-dim features
+        from pthnet_jax.benchmarks.costs import model_config
 
         tiny = model_config("tiny")
         command += [f"--config.model.n_embd={tiny.n_embd}", f"--config.model.mlp_dim={tiny.mlp_dim}",

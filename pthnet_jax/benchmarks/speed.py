@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pthnet_jax.benchmarks.costs import flops_per_clip, format_profile
+from pthnet_jax.benchmarks.costs import flops_per_clip, format_profile, model_config
 from pthnet_jax.fsutil import atomic_write_json
 
 # Dense peaks (TFLOP/s) for the fraction-of-peak line; CPUs are not listed (it depends on the SKU).
@@ -52,19 +52,6 @@ def prepare_data(workdir: Path, train_clips: int, test_clips: int, annotation_di
         import_features("FERv39k", root, data_dir)
         import_seconds = time.perf_counter() - started
     return root, data_dir, import_seconds
-
-
-def model_config(name: str):
-    from pthnet_jax.models.pthnet import ModelConfig
-
-    if name == "default":
-        return ModelConfig()
-    if name == "tiny":  # for tests of the benchmark itself: configs/tiny.py's smoke depth
-        from pthnet_jax.configs import tiny
-
-        return ModelConfig.from_dict({**tiny.get_config().model.to_dict(), "arch": tiny.SMOKE_ARCH, "n_in": 1408,
-                                      "num_classes": 7})
-    raise ValueError(f"--model must be 'default' or 'tiny', got {name!r}")
 
 
 def _child(side: str, spec: dict[str, Any], workdir: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
