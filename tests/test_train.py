@@ -143,10 +143,10 @@ def test_four_devices_with_padding_equal_one_device_on_the_real_clips(datasets):
     """4 devices on a global batch of 16 rows of which 13 are real == 1 device on those 13 clips.
 
     Covers data parallelism (gradients summed over devices) and the padded partial last batch. Drop
-    path is off because its draws are per device; a shallower trunk and the H level only (the loss
-    is then CE(H)) keep the two compiles short.
+    path is off because its draws are per device; the tests' shallow trunk and the H level only (the
+    loss is then CE(H)) keep the two compiles short.
     """
-    config = tiny_config(datasets[0], **{"model.path_pdrop": 0.0, "model.arch": (1, 1, 1, 0)})
+    config = tiny_config(datasets[0], **{"model.path_pdrop": 0.0})
     batch = random_batch(config, 16, seed=2, valid=np.arange(16) < 13)
     batch = {**batch, "features": {"H": batch["features"]["H"]}, "masks": {"H": batch["masks"]["H"]}}
     four, metrics_four = _run_step(config, batch, jax.local_devices()[:4])
