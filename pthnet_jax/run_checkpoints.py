@@ -149,8 +149,9 @@ class TrainCheckpoints:
             return
         # The failed item's error can come back while other items' array writes are still in flight
         # (TensorStore's threads): a file they add mid-removal keeps its directory. Remove until a
-        # short pause finds nothing left (the writes fail fast on the same full disk).
-        for pause in (0.05, 0.2, 0.5, 1.0, 2.0):
+        # short pause finds nothing left (the writes fail fast on the same full disk); the last removal
+        # follows the longest pause.
+        for pause in (0.05, 0.2, 0.5, 1.0, 2.0, 0.0):
             leftovers = list((self.workdir / CHECKPOINTS).glob(f"{step}.orbax-checkpoint-tmp*"))
             if step not in _finalized_steps(self.workdir / CHECKPOINTS) and self.step_dir(step).exists():
                 leftovers.append(self.step_dir(step))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from train_helpers import FAST_ARCH_FLAG
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _SECTION = """
@@ -85,7 +87,7 @@ def data_dir(tmp_path_factory):
 def _train(data_dir, workdir, cache, epochs):
     return _start(["-m", "pthnet_jax.cli", "train", "--config", "tiny", "--data", str(data_dir), "--workdir",
                    str(workdir), f"--config.train.epochs={epochs}", "--config.train.steps_per_dispatch=1",
-                   "--config.model.arch=(1, 0, 1, 0)", "--config.train.keep_checkpoints=1"],
+                   FAST_ARCH_FLAG, "--config.train.keep_checkpoints=1"],
                   env={"PTHNET_COMPILATION_CACHE": str(cache), "PYTHONUNBUFFERED": "1"})
 
 

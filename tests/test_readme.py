@@ -10,15 +10,18 @@ The ```python blocks run too, in the same folder.
 """
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from train_helpers import FAST_ARCH_FLAG
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-TINY = ("--config.model.n_embd=32 --config.model.mlp_dim=48 --config.model.arch='(1,0,1,0)' --config.train.epochs=1 --config.optim.milestones='()' "
+TINY = (f"--config.model.n_embd=32 --config.model.mlp_dim=48 {shlex.quote(FAST_ARCH_FLAG)} --config.train.epochs=1 --config.optim.milestones='()' "
         "--config.train.global_batch=8 "
         "--config.train.steps_per_dispatch=4 --config.eval.batch_size=16")
 APPENDED = {"pthnet train ": TINY, "pthnet folds ": f"{TINY} --folds 1"}

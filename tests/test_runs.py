@@ -10,7 +10,7 @@ from pthnet_jax.checkpoint import load_checkpoint
 from pthnet_jax.runs import RunSpec, train_runs
 from pthnet_jax.train import train_and_evaluate
 
-from train_helpers import make_dataset, tiny_config
+from train_helpers import FAST_ARCH_FLAG, make_dataset, tiny_config
 
 TIMING = ("train_clips_per_s", "epoch_seconds", "eval_seconds", "save_seconds")
 
@@ -212,7 +212,7 @@ def test_folds_with_seeds_in_one_program(tmp_path, capsys):
                       folds=[1])
     import_features("DFEW", root, tmp_path / "dfew_1", fold=1, feature_dim=16, quiet=True)
     argv = ["--config", "tiny", "--config.benchmark=DFEW", "--config.train.epochs=1", "--config.optim.milestones=(1,)",
-            "--config.model.arch=(1,0,1,0)",
+            FAST_ARCH_FLAG,
             "--data", str(tmp_path / "dfew_{fold}"), "--workdir", str(tmp_path / "runs"), "--folds", "1",
             "--seeds", "3", "--parallel", "3"]
     assert main(argv) == 0

@@ -10,7 +10,7 @@ DIM = 16
 # train tiny's SMOKE_ARCH (branch_1's drop path keeps the per-step RNG in), which compiles in under half
 # the time (tests/test_model.py and tests/test_parity.py cover every part of the model).
 FAST_ARCH = tiny.SMOKE_ARCH
-FAST_ARCH_FLAG = "--config.model.arch=(1,0,1,0)"
+FAST_ARCH_FLAG = f"--config.model.arch={FAST_ARCH}"  # one argument (no shell)
 
 
 def make_dataset(base, clips=40, test_clips=13):
